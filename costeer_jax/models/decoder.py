@@ -1,0 +1,162 @@
+"""One config-driven decoder for Llama-3.x, Qwen2/Qwen2.5 and Qwen3, as a pure function.
+
+Parameters are a plain pytree with every per-layer weight stacked on a leading layer axis, so a
+whole forward is one `lax.scan` over layers (one compiled layer body instead of N copies). The
+q/k/v and gate/up projections are fused into single matmuls at load time: at decode time this
+model is memory-bound, and fewer, larger dots keep XLA:CPU close to the weight-read bound.
+
+Params layout (D hidden, H heads, K kv heads, hd head_dim, F mlp width, L layers, V vocab):
+  embed [V, D]; final_norm [D]; lm_head [D, V] (absent when embeddings are tied)
+  layers: attn_norm [L, D], qkv [L, D, (H+2K)*hd], qkv_bias [L, (H+2K)*hd] (Qwen2),
+          q_norm/k_norm [L, hd] (Qwen3), o [L, H*hd, D], mlp_norm [L, D],
+          gate_up [L, D, 2F], down [L, F, D]
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from costeer_jax.models.cache import KVCache, init_cache
+from costeer_jax.models.config import DecoderConfig
+from costeer_jax.models.rope import apply_rope, inverse_frequencies, rope_tables
+
+Params = dict[str, Any]
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    # As HF: normalise in fp32, cast back, then scale (the order matters for bf16 parity).
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return weight * xf.astype(x.dtype)
+
+
+def _attention(q, keys, values, positions, cfg: DecoderConfig):
+    """q [B,S,H,hd]; keys/values [B,T,K,hd]; a query at position p sees slots t <= p."""
+    b, s, _, hd = q.shape
+    q = q.reshape(b, s, cfg.num_kv_heads, cfg.group_size, hd)
+    scores = jnp.einsum("bskgd,btkd->bkgst", q, keys, preferred_element_type=jnp.float32)
+    scores = scores * (hd ** -0.5)
+    slots = jnp.arange(keys.shape[1], dtype=jnp.int32)
+    visible = slots[None, None, :] <= positions[:, :, None]  # [B, S, T]
+    scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs, values, preferred_element_type=jnp.float32)
+    return out.reshape(b, s, cfg.num_heads * hd).astype(q.dtype)
+
+
+def forward(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: jax.Array,
+            valid: jax.Array, cache: KVCache, logits_index: jax.Array | None = None):
+    """Runs `tokens` [B, S] at `positions` [B, S], writing their K/V into the cache.
+
+    valid [B, S] marks real tokens; padding writes nothing (its slot is out of range and
+    dropped). Real tokens of a row must occupy positions lengths[b], lengths[b]+1, ...
+    logits_index [B] (optional) picks one position per row to project to the vocabulary, so
+    prefill does not pay for [B, S, V] logits. Returns (fp32 logits, new cache).
+    """
+    b, s = tokens.shape
+    layers = params["layers"]
+    dtype = params["embed"].dtype
+    x = params["embed"][tokens].astype(dtype)
+    cos, sin = rope_tables(jnp.asarray(inverse_frequencies(cfg)), positions)
+    write_slots = jnp.where(valid, positions, cache.max_len)  # out of range -> dropped
+    rows = jnp.arange(b)[:, None]
+    h_q, h_kv, hd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.head_dim
+
+    def layer(carry, xs):
+        x, keys, values = carry
+        w, idx = xs
+        h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+        qkv = jnp.einsum("bsd,de->bse", h, w["qkv"])
+        if cfg.qkv_bias:
+            qkv = qkv + w["qkv_bias"]
+        q = qkv[..., :h_q].reshape(b, s, cfg.num_heads, hd)
+        k = qkv[..., h_q:h_q + h_kv].reshape(b, s, cfg.num_kv_heads, hd)
+        v = qkv[..., h_q + h_kv:].reshape(b, s, cfg.num_kv_heads, hd)
+        if cfg.qk_norm:
+            q = rms_norm(q, w["q_norm"], cfg.rms_norm_eps)
+            k = rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        layer_keys = keys[idx].at[rows, write_slots].set(k.astype(keys.dtype), mode="drop")
+        layer_values = values[idx].at[rows, write_slots].set(v.astype(values.dtype), mode="drop")
+        keys = jax.lax.dynamic_update_index_in_dim(keys, layer_keys, idx, 0)
+        values = jax.lax.dynamic_update_index_in_dim(values, layer_values, idx, 0)
+        attn = _attention(q, layer_keys, layer_values, positions, cfg)
+        x = x + jnp.einsum("bse,ed->bsd", attn, w["o"])
+        h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
+        gate_up = jnp.einsum("bsd,df->bsf", h, w["gate_up"])
+        gate, up = jnp.split(gate_up, 2, axis=-1)
+        x = x + jnp.einsum("bsf,fd->bsd", jax.nn.silu(gate) * up, w["down"])
+        return (x, keys, values), None
+
+    (x, keys, values), _ = jax.lax.scan(
+        layer, (x, cache.keys, cache.values), (layers, jnp.arange(cfg.num_layers)))
+    if logits_index is not None:
+        x = x[jnp.arange(b), logits_index][:, None, :]
+    x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+    head = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+    logits = jnp.einsum("bsd,dv->bsv", x, head, preferred_element_type=jnp.float32)
+    if logits_index is not None:
+        logits = logits[:, 0]
+    ends = jnp.max(jnp.where(valid, positions + 1, 0), axis=1).astype(jnp.int32)
+    new_cache = KVCache(keys=keys, values=values, lengths=jnp.maximum(cache.lengths, ends))
+    return logits, new_cache
+
+
+def append_positions(cache: KVCache, valid: jax.Array) -> jax.Array:
+    """Positions for appending the valid tokens of each row right after its current length."""
+    return cache.lengths[:, None] + jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+def prefill(params: Params, cfg: DecoderConfig, tokens: jax.Array, prompt_lengths: jax.Array,
+            cache: KVCache):
+    """Right-padded prompts [B, S] with lengths [B] appended to the cache; next-token logits [B, V]."""
+    valid = jnp.arange(tokens.shape[1])[None, :] < prompt_lengths[:, None]
+    positions = append_positions(cache, valid)
+    last = jnp.maximum(prompt_lengths - 1, 0)
+    return forward(params, cfg, tokens, positions, valid, cache, logits_index=last)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+def decode_step(params: Params, cfg: DecoderConfig, tokens: jax.Array, cache: KVCache):
+    """One token per row [B] at each row's own length; returns logits [B, V] and the new cache."""
+    positions = cache.lengths[:, None]
+    valid = jnp.ones_like(positions, dtype=bool)
+    return forward(params, cfg, tokens[:, None], positions, valid, cache,
+                   logits_index=jnp.zeros_like(cache.lengths))
+
+
+def cast_params(params: Params, dtype) -> Params:
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
+
+
+class DecoderLM(nnx.Module):
+    """Flax NNX face of the decoder: weights live in `nnx.Param`s.
+
+    Kernels never call the module directly: they take `nnx.split(model)` state (or `model.params`,
+    the same pytree) as a jit argument and call the pure `forward`, so compiled programs are
+    reused across models of one shape and nothing is captured as a constant.
+    """
+
+    def __init__(self, cfg: DecoderConfig, params: Params):
+        self.cfg = cfg
+        self.weights = nnx.data(jax.tree.map(nnx.Param, params))
+
+    @property
+    def params(self) -> Params:
+        return jax.tree.map(lambda p: p[...], self.weights, is_leaf=lambda x: isinstance(x, nnx.Param))
+
+    def init_cache(self, batch_size: int, max_len: int) -> KVCache:
+        return init_cache(self.cfg, batch_size, max_len, self.params["embed"].dtype)
+
+    def __call__(self, tokens, positions, valid, cache, logits_index=None):
+        return forward(self.params, self.cfg, tokens, positions, valid, cache, logits_index)
+
+
+def param_count(params: Params) -> int:
+    return int(sum(np.prod(a.shape) for a in jax.tree.leaves(params)))

@@ -1,0 +1,35 @@
+"""costeer-jax: decoding-time personalization by small-model steering, in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="costeer_jax",
+    version="0.1.0",
+    description="CoSteer / SpecSteer decoding-time personalization as batched, jitted JAX kernels",
+    packages=find_packages(include=["costeer_jax", "costeer_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.7",
+        "flax>=0.11",
+        "numpy",
+        "transformers>=4.50",
+        "tokenizers",
+        "safetensors",
+        "gguf>=0.10",
+        "sentencepiece",
+        "orbax-checkpoint",
+        "absl-py",
+        "datasets",
+        "tqdm",
+        "rouge-score",
+        "nltk",
+        "scipy",
+        "bm25s",
+        "matplotlib",
+    ],
+    extras_require={
+        # torch only for parity tests against transformers' PyTorch models; the runtime never imports it.
+        # Pinned: a CPU build of 2.13.0 lies on the CI machine's disk, an unpinned torch pulls a CUDA build.
+        "dev": ["torch==2.13.0", "accelerate", "pytest", "pytest-xdist"],
+        "reward": ["torch==2.13.0", "accelerate"],
+    },
+)
