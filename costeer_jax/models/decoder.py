@@ -13,7 +13,6 @@ Params layout (D hidden, H heads, K kv heads, hd head_dim, F mlp width, L layers
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -112,8 +111,7 @@ def append_positions(cache: KVCache, valid: jax.Array) -> jax.Array:
     return cache.lengths[:, None] + jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
-def prefill(params: Params, cfg: DecoderConfig, tokens: jax.Array, prompt_lengths: jax.Array,
+def prefill_logits(params: Params, cfg: DecoderConfig, tokens: jax.Array, prompt_lengths: jax.Array,
             cache: KVCache):
     """Right-padded prompts [B, S] with lengths [B] appended to the cache; next-token logits [B, V]."""
     valid = jnp.arange(tokens.shape[1])[None, :] < prompt_lengths[:, None]
@@ -122,13 +120,17 @@ def prefill(params: Params, cfg: DecoderConfig, tokens: jax.Array, prompt_length
     return forward(params, cfg, tokens, positions, valid, cache, logits_index=last)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
-def decode_step(params: Params, cfg: DecoderConfig, tokens: jax.Array, cache: KVCache):
+def decode_step_logits(params: Params, cfg: DecoderConfig, tokens: jax.Array, cache: KVCache):
     """One token per row [B] at each row's own length; returns logits [B, V] and the new cache."""
     positions = cache.lengths[:, None]
     valid = jnp.ones_like(positions, dtype=bool)
     return forward(params, cfg, tokens[:, None], positions, valid, cache,
                    logits_index=jnp.zeros_like(cache.lengths))
+
+
+# Standalone jitted entry points (kernels inline the unjitted functions into their own programs).
+prefill = jax.jit(prefill_logits, static_argnames=("cfg",), donate_argnames=("cache",))
+decode_step = jax.jit(decode_step_logits, static_argnames=("cfg",), donate_argnames=("cache",))
 
 
 def cast_params(params: Params, dtype) -> Params:

@@ -219,11 +219,16 @@ def load_config(source: ModelSource) -> DecoderConfig:
     return DecoderConfig.from_hf(json.loads((source.directory / "config.json").read_text()))
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_tokenizer(source: ModelSource):
     from transformers import AutoTokenizer
 
     if source.gguf_file:
         return gguf_tokenizer(str(source.directory / source.gguf_file))
+    if not any((source.directory / f).exists() for f in TOKENIZER_FILES):
+        return None  # weights-only checkpoint: usable with token ids, not with text
     return AutoTokenizer.from_pretrained(source.directory)
 
 
@@ -233,6 +238,14 @@ class LoadedModel:
     cfg: DecoderConfig
     params: dict[str, Any]
     tokenizer: Any
+    generation_eos: int | list[int] | None = None  # generation_config.json's eos_token_id
+
+
+def load_generation_eos(source: ModelSource):
+    path = source.directory / "generation_config.json"
+    if source.gguf_file or not path.exists():
+        return None
+    return json.loads(path.read_text()).get("eos_token_id")
 
 
 def load_model(spec: str, dtype: str | Any = "float32") -> LoadedModel:
@@ -245,4 +258,7 @@ def load_model(spec: str, dtype: str | Any = "float32") -> LoadedModel:
         params = load_safetensors_params(source.directory, cfg, dtype)
     if params["embed"].shape[0] != cfg.vocab_size:
         cfg = dataclasses.replace(cfg, vocab_size=int(params["embed"].shape[0]))
-    return LoadedModel(source.name or str(spec), cfg, params, load_tokenizer(source))
+    if not np.all(np.isfinite(np.asarray(params["final_norm"], np.float32))):
+        raise ModelLoadError(f"{spec}: non-finite weights in the final norm; the checkpoint is corrupt")
+    return LoadedModel(source.name or str(spec), cfg, params, load_tokenizer(source),
+                       load_generation_eos(source))

@@ -1,0 +1,165 @@
+"""The token loop shared by every decoding method: streams of rows, one jitted while_loop.
+
+A *stream* is one view of each prompt fed to one model: e.g. CoSteer has three streams per
+prompt (LLM on the query, SLM on the query, SLM on query + private context). Streams that run
+on the same weights form a *group* whose rows are concatenated into one batch, so one forward
+(one weight read) serves them all. Every step, a *policy* turns the streams' next-token logits
+into one log-distribution per prompt, a token is chosen, and the same token is appended to
+every stream of that prompt. Only the chosen token ever flows back into a stream, so the LLM's
+stream never sees the private context by construction.
+
+Everything from prefill to the last token is one `jax.jit` program: caches are allocated inside
+(so there is nothing to donate), rows finish independently on EOS and the loop exits as soon as
+all rows are done. No host round-trip per token.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from costeer_jax.models.cache import init_cache
+from costeer_jax.models.config import DecoderConfig
+from costeer_jax.models.decoder import decode_step_logits, prefill_logits
+from costeer_jax.steering.sampling import sample_tokens
+
+StepGate = Callable[[Any], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamLayout:
+    """Static description of which streams run on which weights.
+
+    groups[g] lists the stream names whose rows (in that order, B rows each) make up the batch
+    of weight group g.
+    """
+
+    groups: tuple[tuple[str, ...], ...]
+    # (alias, stream): streams that are the same model on the same text as another stream are
+    # not recomputed (CoSteer with one checkpoint: the SLM on the query *is* the LLM stream).
+    aliases: tuple[tuple[str, str], ...] = ()
+    # Per group: skip its forward once the policy state says no row needs it (AdaCoSteer).
+    gated: tuple[bool, ...] = ()
+
+    @property
+    def streams(self) -> tuple[str, ...]:
+        return tuple(s for g in self.groups for s in g)
+
+
+class Prompt(NamedTuple):
+    tokens: jax.Array  # [B, S] right-padded
+    lengths: jax.Array  # [B]
+
+
+class DecodeResult(NamedTuple):
+    tokens: jax.Array  # [B, max_new_tokens], positions past num_tokens are padding
+    num_tokens: jax.Array  # [B] tokens generated, EOS included when produced
+    stats: Any  # the policy's per-row statistics (pytree of [B] arrays)
+    finite: jax.Array  # [B] False where some stream produced NaN/Inf logits (row stopped there)
+
+
+# A policy: (logits by stream [B, V] fp32, policy state, per-row hyperparameters) ->
+#           (log-probabilities [B, V], new policy state, per-row stats increments)
+Policy = Callable[[dict, Any, Any], tuple[jax.Array, Any, Any]]
+
+
+def _pad_width(tokens: jax.Array, width: int) -> jax.Array:
+    return jnp.pad(tokens, ((0, 0), (0, width - tokens.shape[1])))
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("cfgs", "layout", "policy", "gate", "max_new_tokens", "vocab_limit", "greedy",
+                     "cache_len"))
+def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, row_keys: jax.Array,
+           eos_ids: jax.Array, temperature: jax.Array, top_p: jax.Array, *, cfgs: tuple,
+           layout: StreamLayout, policy: Policy, gate: StepGate | None, max_new_tokens: int,
+           vocab_limit: int, greedy: bool, cache_len: int) -> DecodeResult:
+    """Generates up to max_new_tokens per row.
+
+    row_keys [B] are per-row PRNG keys (folded with the step index), so a row samples the same
+    tokens whatever batch it is in. Rows stop at any of eos_ids; logits are cut to vocab_limit
+    (the shared tokenizer length) before the policy sees them.
+    """
+    batch = next(iter(prompts.values())).tokens.shape[0]
+
+    def split(group: int, logits: jax.Array) -> dict:
+        names = layout.groups[group]
+        out = {name: logits[i * batch:(i + 1) * batch, :vocab_limit] for i, name in enumerate(names)}
+        return out
+
+    def with_aliases(logits: dict) -> dict:
+        return {**logits, **{alias: logits[stream] for alias, stream in layout.aliases}}
+
+    caches, logits_by_stream = [], {}
+    for g, names in enumerate(layout.groups):
+        width = max(prompts[n].tokens.shape[1] for n in names)
+        tokens = jnp.concatenate([_pad_width(prompts[n].tokens, width) for n in names])
+        lengths = jnp.concatenate([prompts[n].lengths for n in names])
+        cache = init_cache(cfgs[g], tokens.shape[0], cache_len, params_groups[g]["embed"].dtype)
+        logits, cache = prefill_logits(params_groups[g], cfgs[g], tokens, lengths, cache)
+        caches.append(cache)
+        logits_by_stream.update(split(g, logits))
+
+    zero_stats = jax.eval_shape(lambda: policy(with_aliases(logits_by_stream), policy_state, hyper)[2])
+    zero_stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_stats)
+
+    class Carry(NamedTuple):
+        step: jax.Array
+        caches: list
+        logits: dict
+        policy_state: Any
+        out: jax.Array
+        done: jax.Array
+        num_tokens: jax.Array
+        stats: Any
+        finite: jax.Array
+
+    def cond(c: Carry):
+        return (c.step < max_new_tokens) & ~jnp.all(c.done)
+
+    def choose(log_probs, step):
+        if greedy:
+            return sample_tokens(log_probs, None, greedy=True)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
+        one_row = lambda lp, k, t, p: sample_tokens(lp[None], k, t, p)[0]
+        return jax.vmap(one_row)(log_probs, keys, temperature, top_p)
+
+    def body(c: Carry):
+        log_probs, policy_state, stats_inc = policy(with_aliases(c.logits), c.policy_state, hyper)
+        token = choose(log_probs, c.step)
+        finite = c.finite & jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(x), axis=-1) for x in c.logits.values()]), axis=0)
+        active = ~c.done & finite
+        token = jnp.where(active, token, eos_ids[0])
+        out = c.out.at[:, c.step].set(token)
+        stats = jax.tree.map(lambda s, inc: s + jnp.where(active, inc, 0).astype(s.dtype), c.stats, stats_inc)
+        done = c.done | jnp.isin(token, eos_ids) | ~finite
+        num_tokens = c.num_tokens + active.astype(jnp.int32)
+        new_caches, logits = [], {}
+        for g, names in enumerate(layout.groups):
+            def run(cache, g=g, names=names):
+                return decode_step_logits(params_groups[g], cfgs[g], jnp.tile(token, len(names)), cache)
+
+            if layout.gated and layout.gated[g]:
+                # Once no row steers, the gated model is never needed again: keep stale logits.
+                stale = jnp.concatenate([c.logits[n] for n in names])
+                stale = jnp.pad(stale, ((0, 0), (0, cfgs[g].vocab_size - stale.shape[1])))
+                step_logits, cache = jax.lax.cond(
+                    gate(policy_state), run, lambda cache: (stale, cache), c.caches[g])
+            else:
+                step_logits, cache = run(c.caches[g])
+            new_caches.append(cache)
+            logits.update(split(g, step_logits))
+        return Carry(c.step + 1, new_caches, logits, policy_state, out, done, num_tokens, stats, finite)
+
+    init = Carry(
+        step=jnp.int32(0), caches=caches, logits=logits_by_stream, policy_state=policy_state,
+        out=jnp.zeros((batch, max_new_tokens), jnp.int32), done=jnp.zeros((batch,), bool),
+        num_tokens=jnp.zeros((batch,), jnp.int32), stats=zero_stats, finite=jnp.ones((batch,), bool))
+    final = jax.lax.while_loop(cond, body, init)
+    return DecodeResult(final.out, final.num_tokens, final.stats, final.finite)
+

@@ -1,0 +1,137 @@
+"""The decoding methods of both papers as (streams, policy) pairs for the shared token loop.
+
+A stream is (model role, which text): "llm" is the cloud LLM on the bare query, "slm_wo"/"slm_w"
+the local SLM without/with the private context, "sft_w"/"slm_base_w" the proxy-tuning pair.
+Policies are pure functions of the streams' logits and per-row hyperparameter arrays, so one
+batch may mix configurations (sweeps).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from costeer_jax import steering
+
+QUERY, PERSONALIZED = "query", "personalized"
+LLM, SLM, SLM_SFT = "llm", "slm", "slm_sft"
+
+# stream name -> (model role, text the stream is prompted with)
+STREAMS = {
+    "llm": (LLM, QUERY),
+    "llm_w": (LLM, PERSONALIZED),
+    "slm_wo": (SLM, QUERY),
+    "slm_w": (SLM, PERSONALIZED),
+    "sft_w": (SLM_SFT, PERSONALIZED),
+}
+
+# Hyperparameter defaults (CoSteer Table 4 / Section 4; LA/CS lambda from B.8's grid).
+DEFAULT_HYPER = {
+    "alpha": 2.0, "beta": 1.0, "lam": 2.0, "eta": 10.0, "T": 20,
+    "tau": 0.9, "k_consecutive": 3, "cs_lambda": 2.0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    name: str
+    streams: tuple[str, ...]
+    policy: Callable  # (logits by stream, state, hyper) -> (log_probs, state, stats)
+    hyper_keys: tuple[str, ...] = ()
+    init_state: Callable[[int], Any] = lambda batch: None
+    # Streams only needed while `steering_active(state)` is true somewhere in the batch; the
+    # loop skips their model's forward once every row has stopped steering (AdaCoSteer).
+    gated_streams: tuple[str, ...] = ()
+    description: str = ""
+
+
+def _log_softmax(x):
+    return jax.nn.log_softmax(x.astype(jnp.float32), axis=-1)
+
+
+def _plain(stream, logits, state, hyper):
+    return _log_softmax(logits[stream]), state, {}
+
+
+def _costeer(max_T, logits, state, hyper):
+    policy = steering.costeer_policy(
+        logits["llm"], logits["slm_wo"], logits["slm_w"], hyper["alpha"], hyper["beta"],
+        hyper["lam"], hyper["eta"], hyper["T"], max_T=max_T)
+    return policy, state, {"steered_tokens": jnp.ones(policy.shape[:1], jnp.int32)}
+
+
+def _ada_costeer(max_T, logits, state, hyper):
+    state, steer = steering.ada_update(state, logits["llm"], hyper["tau"], hyper["k_consecutive"])
+    steered = steering.costeer_policy(
+        logits["llm"], logits["slm_wo"], logits["slm_w"], hyper["alpha"], hyper["beta"],
+        hyper["lam"], hyper["eta"], hyper["T"], max_T=max_T)
+    policy = jnp.where(steer[:, None], steered, _log_softmax(logits["llm"]))
+    return policy, state, {"steered_tokens": steer.astype(jnp.int32)}
+
+
+def _contrastive(logits, state, hyper):
+    policy = steering.contrastive_steering(logits["slm_wo"], logits["slm_w"], hyper["cs_lambda"])
+    return policy, state, {}
+
+
+def _proxy_tuning(logits, state, hyper):
+    return steering.proxy_tuning(logits["llm"], logits["sft_w"], logits["slm_w"]), state, {}
+
+
+@functools.lru_cache(maxsize=None)
+def get_method(name: str, max_T: int = 20) -> Method:
+    """Method objects are cached so the static policy (a jit cache key) is reused across calls."""
+    plain = {
+        "llm_wo": ("llm", "LLM on the bare query (no personal context)"),
+        "llm_w": ("llm_w", "LLM with the personal context (privacy-violating upper bound)"),
+        "slm_wo": ("slm_wo", "SLM on the bare query"),
+        "slm_w": ("slm_w", "SLM with the personal context"),
+    }
+    steering_keys = ("alpha", "beta", "lam", "eta", "T")
+    if name in plain:
+        stream, description = plain[name]
+        return Method(name, (stream,), functools.partial(_plain, stream), description=description)
+    if name == "costeer":
+        return Method(name, ("llm", "slm_wo", "slm_w"), functools.partial(_costeer, max_T),
+                      steering_keys, description=f"CoSteer, FTRL steering (T up to {max_T})")
+    if name == "light_costeer":
+        return Method(name, ("llm", "slm_wo", "slm_w"), functools.partial(_costeer, 1),
+                      steering_keys, description="LightCoSteer (T=1)")
+    if name == "ada_costeer":
+        return Method(name, ("llm", "slm_wo", "slm_w"), functools.partial(_ada_costeer, max_T),
+                      steering_keys + ("tau", "k_consecutive"),
+                      init_state=steering.ada_init, gated_streams=("slm_wo", "slm_w"),
+                      description="AdaCoSteer (steering stops after k confident LLM steps)")
+    if name == "cs":
+        return Method(name, ("slm_wo", "slm_w"), _contrastive, ("cs_lambda",),
+                      description="LA/CS: the SLM steering itself with its own context delta")
+    if name == "proxy_tuning":
+        return Method(name, ("llm", "sft_w", "slm_w"), _proxy_tuning,
+                      description="proxy-tuning: LLM + (SLM-SFT - SLM-base) logits")
+    raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHOD_NAMES)}")
+
+
+METHOD_NAMES = ("llm_wo", "llm_w", "slm_wo", "slm_w", "costeer", "light_costeer", "ada_costeer",
+                "cs", "proxy_tuning")
+
+
+def steering_active(state) -> jax.Array:
+    """Whether any row still needs the gated streams (AdaCoSteer state); True otherwise."""
+    if isinstance(state, steering.AdaState):
+        return jnp.any(state.active)
+    return jnp.bool_(True)
+
+
+def hyper_arrays(method: Method, values: dict[str, Any] | list[dict[str, Any]], batch: int) -> dict:
+    """Per-row hyperparameter arrays: one dict for the whole batch, or one dict per row."""
+    rows = values if isinstance(values, list) else [values] * batch
+    out = {}
+    for key in method.hyper_keys:
+        column = [r.get(key, DEFAULT_HYPER[key]) for r in rows]
+        dtype = np.int32 if key in ("T", "k_consecutive") else np.float32
+        out[key] = jnp.asarray(np.asarray(column, dtype))
+    return out

@@ -1,0 +1,233 @@
+"""Host side of generation: tokenise examples into streams, batch them, run the jitted loop,
+and write resumable jsonl output. Everything per token happens on the device in `engine.decode`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from costeer_jax.decoding import engine
+from costeer_jax.decoding.methods import (LLM, PERSONALIZED, SLM, SLM_SFT, STREAMS, Method,
+                                          hyper_arrays, steering_active)
+from costeer_jax.models.cache import round_up
+from costeer_jax.models.chat import chat_prompt_ids, check_same_vocabulary, eos_token_ids
+from costeer_jax.models.loading import LoadedModel
+
+PROMPT_WIDTH_MULTIPLE = 64  # prompt widths are bucketed so nearby lengths share one program
+
+
+@dataclasses.dataclass
+class Sampling:
+    greedy: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class RunFigures:
+    examples: int = 0
+    tokens: int = 0
+    compile_seconds: float = 0.0
+    generate_seconds: float = 0.0
+    stats: dict = dataclasses.field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        out = {"examples": self.examples, "tokens": self.tokens,
+               "compile_seconds": round(self.compile_seconds, 3),
+               "generate_seconds": round(self.generate_seconds, 3),
+               "tokens_per_s": round(self.tokens / self.generate_seconds, 3) if self.generate_seconds else 0.0}
+        for name, total in self.stats.items():
+            out[name] = int(total)
+            if name == "steered_tokens":
+                out["steered_fraction"] = round(total / max(self.tokens, 1), 4)
+        return out
+
+
+def build_layout(method: Method, models: dict[str, LoadedModel]):
+    """Groups the method's streams by the weights they run on; aliases duplicate streams."""
+    groups: list[tuple[LoadedModel, list[str]]] = []
+    seen: dict[tuple[int, str], str] = {}
+    aliases = []
+    for stream in method.streams:
+        role, text = STREAMS[stream]
+        model = models[role]
+        if (id(model), text) in seen:
+            aliases.append((stream, seen[(id(model), text)]))
+            continue
+        seen[(id(model), text)] = stream
+        for m, names in groups:
+            if m is model:
+                names.append(stream)
+                break
+        else:
+            groups.append((model, [stream]))
+    gated = tuple(bool(method.gated_streams) and all(n in method.gated_streams for n in names)
+                  for _, names in groups)
+    layout = engine.StreamLayout(tuple(tuple(n) for _, n in groups), tuple(aliases), gated)
+    return layout, [m for m, _ in groups]
+
+
+def row_key(seed: int, example_id: str) -> np.ndarray:
+    """Per-example PRNG key data: sampling depends on (seed, id), never on batch composition."""
+    digest = int.from_bytes(hashlib.sha256(example_id.encode()).digest()[:4], "little")
+    return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), digest))
+
+
+class Generator:
+    """Runs one method over examples; reusable across calls (compiled programs are cached)."""
+
+    def __init__(self, method: Method, models: dict[str, LoadedModel], *, max_new_tokens: int,
+                 batch_size: int, sampling: Sampling = Sampling(), hyper: dict | None = None):
+        self.method, self.models = method, models
+        self.max_new_tokens, self.batch_size, self.sampling = max_new_tokens, batch_size, sampling
+        self.hyper = hyper or {}
+        self.layout, self.group_models = build_layout(method, models)
+        roles = {STREAMS[s][0] for s in method.streams}
+        used = [models[r] for r in (LLM, SLM, SLM_SFT) if r in roles]
+        self.tokenizer = used[0].tokenizer
+        self.vocab_limit = len(self.tokenizer)
+        for other in used[1:]:
+            check_same_vocabulary(used[0].tokenizer, other.tokenizer, used[0].name, other.name)
+        for m in used:
+            if m.cfg.vocab_size < self.vocab_limit:
+                raise ValueError(f"{m.name}: embedding has {m.cfg.vocab_size} rows but the tokenizer "
+                                 f"has {self.vocab_limit} tokens; the checkpoint does not match its tokenizer")
+        self.eos_ids = eos_token_ids(self.tokenizer, used[0].generation_eos)
+        self._compiled: dict[Any, Any] = {}
+        self.compile_seconds = 0.0
+
+    # -- tokenisation ---------------------------------------------------------------------
+    def stream_ids(self, example) -> dict[str, list[int]]:
+        texts = {"query": example.query, PERSONALIZED: example.personalized_query}
+        for name, text in texts.items():
+            if not text or not text.strip():
+                raise ValueError(f"example {example.id!r} has an empty {name}; fix or drop that row")
+        return {s: chat_prompt_ids(self.tokenizer, texts[STREAMS[s][1]])
+                for group in self.layout.groups for s in group}
+
+    # -- one batch -------------------------------------------------------------------------
+    def run_batch(self, examples: list, hyper_rows: list[dict] | None = None) -> tuple[list[dict], dict]:
+        real = len(examples)
+        padded = examples + [examples[-1]] * (self.batch_size - real)  # static batch shape
+        ids = [self.stream_ids(e) for e in padded]
+        width = round_up(max(len(v) for row in ids for v in row.values()), PROMPT_WIDTH_MULTIPLE)
+        prompts = {}
+        for stream in ids[0]:
+            tokens = np.zeros((len(padded), width), np.int32)
+            lengths = np.zeros((len(padded),), np.int32)
+            for b, row in enumerate(ids):
+                tokens[b, :len(row[stream])] = row[stream]
+                lengths[b] = len(row[stream])
+            prompts[stream] = engine.Prompt(jnp.asarray(tokens), jnp.asarray(lengths))
+        rows_hyper = None
+        if hyper_rows is not None:
+            rows_hyper = hyper_rows + [hyper_rows[-1]] * (self.batch_size - real)
+        hyper = hyper_arrays(self.method, rows_hyper if rows_hyper else self.hyper, len(padded))
+        s = self.sampling
+        args = (
+            tuple(m.params for m in self.group_models), prompts,
+            self.method.init_state(len(padded)), hyper,
+            jnp.stack([row_key(s.seed, str(e.id)) for e in padded]),
+            jnp.asarray(self.eos_ids, jnp.int32),
+            jnp.full((len(padded),), s.temperature, jnp.float32),
+            jnp.full((len(padded),), s.top_p, jnp.float32))
+        static = dict(
+            cfgs=tuple(m.cfg for m in self.group_models), layout=self.layout, policy=self.method.policy,
+            gate=steering_active if any(self.layout.gated) else None,
+            max_new_tokens=self.max_new_tokens, vocab_limit=self.vocab_limit, greedy=s.greedy,
+            cache_len=round_up(width + self.max_new_tokens, 16))
+        signature = (width, static["cache_len"])
+        if signature not in self._compiled:
+            t0 = time.perf_counter()
+            self._compiled[signature] = engine.decode.lower(*args, **static).compile()
+            self.compile_seconds += time.perf_counter() - t0
+        result = jax.device_get(self._compiled[signature](*args))
+        rows = []
+        for b in range(real):
+            n = int(result.num_tokens[b])
+            token_ids = [int(t) for t in result.tokens[b, :n]]
+            row = {"id": examples[b].id, "method": self.method.name,
+                   "output": self.tokenizer.decode(token_ids, skip_special_tokens=True),
+                   "token_ids": token_ids}
+            for name, values in result.stats.items():
+                row[name] = int(values[b])
+            rows.append(row)
+        stats = {k: int(np.sum(v[:real])) for k, v in result.stats.items()}
+        stats["nonfinite_rows"] = int(np.sum(~result.finite[:real]))
+        for b in range(real):
+            if not result.finite[b]:
+                rows[b]["error"] = "nonfinite_logits"
+                print(f"warning: NaN/Inf logits in example {examples[b].id!r}; its output stops there "
+                      "(with --dtype=bfloat16 try float32; check the checkpoint)", file=sys.stderr)
+        return rows, stats
+
+
+def read_done_ids(path: Path) -> set[str]:
+    """Ids already written by an earlier (possibly interrupted) run; a torn last line is ignored."""
+    done = set()
+    if path.exists():
+        with open(path) as f:
+            for line in f:
+                try:
+                    done.add(str(json.loads(line)["id"]))
+                except (json.JSONDecodeError, KeyError):
+                    continue
+    return done
+
+
+def repair_torn_tail(path: Path) -> None:
+    """An interrupted write can leave half a line; cut the file back to its last newline."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def generate_to_file(generator: Generator, examples: Iterable, output: Path, *,
+                     progress: bool = True, extra_fields: dict | None = None) -> RunFigures:
+    """Decodes the examples not yet in `output`, appending one flushed batch at a time, so an
+    interrupted run loses at most the batch in flight and a rerun resumes where it stopped."""
+    from tqdm import tqdm
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    repair_torn_tail(output)
+    done = read_done_ids(output)
+    todo = [e for e in examples if str(e.id) not in done]
+    # Similar lengths together: less padding per batch (results do not depend on batching).
+    todo.sort(key=lambda e: len(e.personalized_query) + len(e.query))
+    figures = RunFigures()
+    compile_before = generator.compile_seconds
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), desc=f"{generator.method.name}", unit="ex", file=sys.stderr,
+               disable=not progress)
+    with open(output, "a") as f:
+        for start in range(0, len(todo), generator.batch_size):
+            batch = todo[start:start + generator.batch_size]
+            rows, stats = generator.run_batch(batch)
+            for row in rows:
+                row.update(extra_fields or {})
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+            figures.examples += len(rows)
+            figures.tokens += sum(len(r["token_ids"]) for r in rows)
+            for k, v in stats.items():
+                figures.stats[k] = figures.stats.get(k, 0) + v
+            bar.update(len(rows))
+    bar.close()
+    figures.generate_seconds = time.perf_counter() - t0
+    figures.compile_seconds = generator.compile_seconds - compile_before
+    return figures

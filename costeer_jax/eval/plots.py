@@ -1,0 +1,81 @@
+"""Hyperparameter sweep plots like CoSteer Figure 2: a metric against alpha, beta, lambda, eta and T,
+each varied with the others at their default values (CoSteer Table 4)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from costeer_jax.eval.reports import METRIC_LABELS
+
+# Canonical name -> (config keys that may hold it, default from CoSteer Table 4, axis label).
+SWEEP_PARAMETERS: dict[str, tuple[tuple[str, ...], float, str]] = {
+    "alpha": (("alpha",), 2.0, "α"),
+    "beta": (("beta",), 1.0, "β"),
+    "lambda": (("lambda", "lam", "player_lambda", "lambda_"), 2.0, "λ"),
+    "eta": (("eta",), 10.0, "η"),
+    "T": (("T", "iterations", "num_iterations"), 20.0, "T"),
+}
+
+
+def sweep_value(config: Mapping[str, Any], parameter: str) -> float | None:
+    keys, _, _ = SWEEP_PARAMETERS[parameter]
+    for key in keys:
+        if config.get(key) is not None:
+            return float(config[key])
+    return None
+
+
+def sweep_series(results: Sequence[Mapping[str, Any]], dataset: str, metric: str,
+                 parameter: str) -> list[tuple[float, float]]:
+    """(parameter value, metric mean) for results of `dataset` where only `parameter` leaves its
+    default; sorted by value. Results whose config lacks a parameter count it as default."""
+    points: dict[float, float] = {}
+    for result in results:
+        config = result.get("config") or {}
+        average = result["averages"].get(metric)
+        value = sweep_value(config, parameter)
+        if result["dataset"] != dataset or average is None or value is None:
+            continue
+        others_default = all(
+            sweep_value(config, other) in (None, default)
+            for other, (_, default, _) in SWEEP_PARAMETERS.items() if other != parameter)
+        if others_default:
+            points[value] = average
+    return sorted(points.items())
+
+
+def plot_sweeps(results: Sequence[Mapping[str, Any]], output_prefix: str | Path) -> list[Path]:
+    """One PNG per (dataset, metric) with a panel per swept parameter; returns the files written.
+
+    A parameter is drawn when at least two of its values were evaluated with the others at default.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a display
+    import matplotlib.pyplot as plt
+
+    written = []
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    for dataset in datasets:
+        metrics = list(dict.fromkeys(k for r in results if r["dataset"] == dataset for k in r["averages"]))
+        for metric in metrics:
+            series = {p: sweep_series(results, dataset, metric, p) for p in SWEEP_PARAMETERS}
+            series = {p: s for p, s in series.items() if len(s) >= 2}
+            if not series:
+                continue
+            figure, axes = plt.subplots(1, len(series), figsize=(3.2 * len(series), 2.8), squeeze=False)
+            for axis, (parameter, points) in zip(axes[0], series.items()):
+                xs, ys = zip(*points)
+                axis.plot(xs, ys, marker="o")
+                axis.set_xlabel(SWEEP_PARAMETERS[parameter][2])
+                axis.set_ylabel(METRIC_LABELS.get(metric, metric))
+                axis.grid(alpha=0.3)
+            figure.suptitle(f"{dataset}: {METRIC_LABELS.get(metric, metric)}")
+            figure.tight_layout()
+            path = Path(f"{output_prefix}_sweep_{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset)}_{metric}.png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            figure.savefig(path, dpi=120)
+            plt.close(figure)
+            written.append(path)
+    return written

@@ -1,0 +1,111 @@
+"""Batched generation for every method of the CoSteer / SpecSteer papers.
+
+  python experiments/generate.py --method=costeer --task=helpsteer --preference=concise \
+      --limit=8 --batch_size=8 --max_new_tokens=64 --output=outputs/helpsteer_concise_costeer.jsonl
+
+Defaults to the embedded SmolLM2-135M-Instruct as both LLM and SLM. The output is resumable:
+rerunning with the same --output skips ids already written. The last stdout line is one JSON
+object of run figures.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # runnable as a script from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from costeer_jax.decoding.methods import DEFAULT_HYPER, METHOD_NAMES  # noqa: E402
+from costeer_jax.models.loading import DEFAULT_MODEL  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("method", "llm_wo", METHOD_NAMES, "Decoding method.")
+flags.DEFINE_string("llm", DEFAULT_MODEL, "Cloud LLM: HF directory, .gguf file, hub id or alias.")
+flags.DEFINE_string("slm", DEFAULT_MODEL, "Local SLM: HF directory, .gguf file, hub id or alias.")
+flags.DEFINE_string("slm_sft", None, "Fine-tuned SLM for --method=proxy_tuning.")
+flags.DEFINE_string("prompts_file", None, 'jsonl rows {"id", "input", "personalized_input"}.')
+flags.DEFINE_string("task", None, "Benchmark task name (see costeer_jax.data.TASKS).")
+flags.DEFINE_string("preference", None, "concise|creative|uplifting|verbose for preference tasks.")
+flags.DEFINE_string("data_dir", None, "Dataset folder (default: ../shared/data/costeer_release).")
+flags.DEFINE_integer("limit", None, "Only the first N examples.")
+flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
+flags.DEFINE_integer("max_new_tokens", 128, "Generation budget per example.")
+flags.DEFINE_string("output", None, "Output jsonl (appended to; finished ids are skipped).")
+flags.DEFINE_integer("seed", 0, "Sampling seed (per-example keys derive from it and the id).")
+flags.DEFINE_bool("do_sample", False, "Sample instead of greedy decoding.")
+flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model parameter dtype.")
+flags.DEFINE_float("alpha", DEFAULT_HYPER["alpha"], "CoSteer alpha (LLM alignment term).")
+flags.DEFINE_float("beta", DEFAULT_HYPER["beta"], "CoSteer beta (SLM delta term).")
+flags.DEFINE_float("lam", DEFAULT_HYPER["lam"], "CoSteer lambda (KL to the LLM).")
+flags.DEFINE_float("eta", DEFAULT_HYPER["eta"], "CoSteer eta (FTRL step).")
+flags.DEFINE_integer("T", DEFAULT_HYPER["T"], "CoSteer FTRL iterations per token.")
+flags.DEFINE_float("tau", DEFAULT_HYPER["tau"], "AdaCoSteer confidence threshold.")
+flags.DEFINE_integer("k_consecutive", DEFAULT_HYPER["k_consecutive"], "AdaCoSteer streak length.")
+flags.DEFINE_float("cs_lambda", DEFAULT_HYPER["cs_lambda"], "LA/CS scaling (B.8: 1.5, 2.0, 2.5).")
+flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
+
+
+def load_examples():
+    from costeer_jax import data
+
+    if bool(FLAGS.task) == bool(FLAGS.prompts_file):
+        raise app.UsageError("pass exactly one of --task or --prompts_file")
+    if FLAGS.prompts_file:
+        examples = data.load_prompts_file(FLAGS.prompts_file)
+        return examples[:FLAGS.limit] if FLAGS.limit else examples
+    return data.load_task(FLAGS.task, FLAGS.data_dir, FLAGS.preference, FLAGS.limit)
+
+
+def load_models(method):
+    from costeer_jax.decoding.methods import LLM, SLM, SLM_SFT, STREAMS
+    from costeer_jax.models.loading import load_model
+
+    roles = {STREAMS[s][0] for s in method.streams}
+    specs = {LLM: FLAGS.llm, SLM: FLAGS.slm, SLM_SFT: FLAGS.slm_sft}
+    if SLM_SFT in roles and not FLAGS.slm_sft:
+        raise app.UsageError("--method=proxy_tuning needs --slm_sft (the fine-tuned SLM checkpoint)")
+    loaded, models = {}, {}
+    for role in sorted(roles):
+        spec = specs[role]
+        if spec not in loaded:  # one checkpoint serving several roles is loaded (and run) once
+            loaded[spec] = load_model(spec, FLAGS.dtype)
+        models[role] = loaded[spec]
+    return models
+
+
+def main(argv):
+    del argv
+    from costeer_jax.decoding.methods import get_method
+    from costeer_jax.decoding.runner import Generator, Sampling, generate_to_file
+
+    if not FLAGS.output:
+        raise app.UsageError("--output is required (a jsonl path)")
+    if FLAGS.batch_size < 1 or FLAGS.max_new_tokens < 1:
+        raise app.UsageError("--batch_size and --max_new_tokens must be positive")
+    examples = load_examples()
+    method = get_method(FLAGS.method, max_T=max(FLAGS.T, 1))
+    t0 = time.perf_counter()
+    models = load_models(method)
+    load_seconds = time.perf_counter() - t0
+    hyper = {k: getattr(FLAGS, k) for k in method.hyper_keys}
+    generator = Generator(
+        method, models, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
+        sampling=Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed), hyper=hyper)
+    extra = {"config": hyper} if hyper else None
+    figures = generate_to_file(generator, examples, Path(FLAGS.output), progress=FLAGS.progress,
+                               extra_fields=extra)
+    summary = {"method": FLAGS.method, "llm": FLAGS.llm, "slm": FLAGS.slm,
+               "batch_size": FLAGS.batch_size, "max_new_tokens": FLAGS.max_new_tokens,
+               "load_seconds": round(load_seconds, 3), **figures.as_dict(), **hyper}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)

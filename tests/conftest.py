@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny random HF checkpoints built locally (no hub), and paths to ../shared."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared"
+REFERENCE_LOOP = SHARED / "peers" / "costeer_torch_reference.py"
+
+# Tiny configs that still exercise every feature: GQA, q/k/v bias (Qwen2), q/k norm with an
+# explicit head_dim (Qwen3), llama3 RoPE scaling and untied embeddings (Llama).
+TINY_CONFIGS = {
+    "llama": dict(
+        model_type="llama", vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5,
+        rope_theta=500000.0, tie_word_embeddings=False,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "qwen2": dict(
+        model_type="qwen2", vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6,
+        rope_theta=10000.0, tie_word_embeddings=True),
+    "qwen3": dict(
+        model_type="qwen3", vocab_size=96, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=256,
+        rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=False),
+}
+
+
+def build_tiny_checkpoint(arch: str, directory: Path, seed: int = 0, **overrides) -> Path:
+    """save_pretrained of a random transformers model; returns the directory."""
+    torch = pytest.importorskip("torch")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    kwargs = dict(TINY_CONFIGS[arch], **overrides)
+    model_type = kwargs.pop("model_type")
+    config = AutoConfig.for_model(model_type, **kwargs)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # random norms so a wrong norm placement cannot hide behind ones
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    model.save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: build_tiny_checkpoint(arch, root / arch) for arch in TINY_CONFIGS}
+
+
+def smollm2_available() -> bool:
+    from costeer_jax.models.loading import ModelLoadError, smollm2_package_dir
+
+    try:
+        smollm2_package_dir()
+        return True
+    except ModelLoadError:
+        return False
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
