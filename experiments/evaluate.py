@@ -51,6 +51,8 @@ flags.DEFINE_integer("judge_max_retries", 5, "Retries of a failed judge request 
 flags.DEFINE_float("judge_timeout_s", 120.0, "Timeout of one judge request.")
 flags.DEFINE_string("significance_method", "costeer", "Setting tested against the baselines (Table 7).")
 flags.DEFINE_list("upper_bound_settings", ["llm_w"], "Settings left out of the significance baselines.")
+flags.DEFINE_list("significance_baselines", None, "Explicit baselines (default: every other setting but the "
+                  "upper bounds).")
 flags.DEFINE_float("significance_level", 0.05, "p-value threshold of the paired t-test.")
 flags.mark_flags_as_required(["predictions", "output"])
 
@@ -70,7 +72,7 @@ def main(argv):
         expand_paths(FLAGS.predictions), scorers, tasks=FLAGS.task, preferences=FLAGS.preference,
         metrics=FLAGS.metrics, data_dir=FLAGS.data_dir, split=FLAGS.split, longlamp_setting=FLAGS.longlamp_setting)
     paths = write_reports(results, FLAGS.output, FLAGS.labels, FLAGS.significance_method,
-                          FLAGS.upper_bound_settings, FLAGS.significance_level)
+                          FLAGS.upper_bound_settings, FLAGS.significance_level, FLAGS.significance_baselines)
     print(Path(paths["markdown"]).read_text())
     for kind, path in paths.items():
         for item in path if isinstance(path, list) else [path]:

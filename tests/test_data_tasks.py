@@ -144,7 +144,8 @@ def test_invalid_row_names_file_line_and_field(tmp_path):
         load_task("cogenesis", tmp_path)
     (tmp_path / "longlamp_review.jsonl").write_text(
         json.dumps({"id": 0, "input": "q", "output": "r", "top_5": [{"description": "d"}]}) + "\n")
-    with pytest.raises(DataFormatError, match=r"longlamp_review.jsonl:1 \(top_5 record 1\): missing field\(s\) 'reviewText'"):
+    with pytest.raises(DataFormatError,
+                       match=r"longlamp_review.jsonl:1 \(top_5 record 1\): missing field\(s\) 'reviewText'"):
         load_task("longlamp_review", tmp_path)
     (tmp_path / "ultrachat.jsonl").write_text('{"id": 1, "input": "q"}\n{"id": 1, "input": "again"}\n')
     with pytest.raises(DataFormatError, match="duplicate id '1'"):
@@ -260,7 +261,8 @@ def test_lamp_errors_name_the_fix(tmp_path):
         load_task("lamp_4")
     with pytest.raises(FileNotFoundError, match="dev_questions.json"):
         load_task("lamp_4", tmp_path)
-    bad = [{"id": "1", "input": "Generate a headline for the following article: x", "profile": [{"id": "p", "title": "t"}]}]
+    bad = [{"id": "1", "input": "Generate a headline for the following article: x",
+            "profile": [{"id": "p", "title": "t"}]}]
     (tmp_path / "dev_questions.json").write_text(json.dumps(bad))
     with pytest.raises(DataFormatError, match=r"dev_questions.json row 0 profile entry 0: missing field\(s\) 'text'"):
         load_task("lamp_4", tmp_path)

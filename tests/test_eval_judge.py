@@ -83,7 +83,8 @@ class JudgeServer:
 def cogenesis_example(example_id: str) -> Example:
     personalized = ("You are now a helpful personal AI assistant.\n\n## User Profile\nName: Ada\n\n"
                     "## User Writing History\nTask: t\nContent: c\n\n## Task\nWrite a note.\n")
-    return Example(example_id, "Write a note.", personalized, "ref", {"profile": "Name: Ada", "writing_history": "Task: t\nContent: c"})
+    return Example(example_id, "Write a note.", personalized, "ref",
+                   {"profile": "Name: Ada", "writing_history": "Task: t\nContent: c"})
 
 
 def config_for(server: JudgeServer, **overrides) -> JudgeConfig:

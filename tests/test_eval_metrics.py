@@ -32,7 +32,8 @@ def meteor_by_hand(matches: int, hypothesis_length: int, reference_length: int, 
 
 def test_rouge_hand_checked():
     # Same bag of words, longest common subsequence "the gunman" (2 of 4).
-    assert rouge("the gunman killed police", "police killed the gunman") == pytest.approx({"rouge1": 100.0, "rougeL": 50.0})
+    assert rouge("the gunman killed police", "police killed the gunman") == pytest.approx(
+        {"rouge1": 100.0, "rougeL": 50.0})
     # 4 of 4 predicted words match 4 of 6 reference words: F = 2 * 1 * 2/3 / (1 + 2/3) = 0.8.
     assert rouge("the cat on mat", "the cat sat on the mat") == pytest.approx({"rouge1": 80.0, "rougeL": 80.0})
     # Stemming on: "running dogs" and "run dog" share both stems; case and punctuation are ignored.

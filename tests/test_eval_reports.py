@@ -98,6 +98,12 @@ def test_table_layout_bold_and_asterisks():
                         "helpsteer/concise reward | ultrachat/concise reward |")
     assert lines[2].startswith("| costeer | **34.00\\*** | 17.00 | ")
     assert lines[3] == "| llm_wo | 31.00 | 99.00 | 0.7100 | 0.7100 | 0.7100 |"
+    rouge_l = ("longlamp_review", "rougeL")
+    only_slm = build_table(results, setting_labels(results), baselines=["slm_w"])
+    assert only_slm.baselines == ["slm_w"] and set(only_slm.significance[rouge_l]["tests"]) == {"slm_w"}
+    assert only_slm.significance[rouge_l]["better_than_all"]  # llm_wo no longer counts
+    with pytest.raises(ValueError, match="not settings"):
+        build_table(results, setting_labels(results), baselines=["sft"])
     rows = list(csv.reader(io.StringIO(table_csv(table))))
     assert rows[0][:3] == ["setting", "longlamp_review/rouge1", "longlamp_review/rougeL"]
     assert float(rows[1][1]) == pytest.approx(34.0) and float(rows[4][3]) == pytest.approx(0.91)
@@ -114,7 +120,8 @@ def test_preference_average_needs_every_dataset():
 def test_setting_labels_for_sweeps_and_clashes():
     results = [result("longlamp_abstract", "costeer", {"rougeL": [1.0]}, config={"alpha": a, "T": 20}, name=f"a{a}")
                for a in (1.0, 2.0)]
-    results.append(result("longlamp_abstract", "costeer", {"rougeL": [1.0]}, config={"alpha": 2.0, "T": 20}, name="t20"))
+    results.append(result("longlamp_abstract", "costeer", {"rougeL": [1.0]}, config={"alpha": 2.0, "T": 20},
+                          name="t20"))
     results.append(result("longlamp_abstract", "llm_wo", {"rougeL": [1.0]}))
     assert setting_labels(results) == ["costeer[alpha=1.0]", "costeer[alpha=2.0] (a2.0)",
                                        "costeer[alpha=2.0] (t20)", "llm_wo"]
@@ -214,7 +221,8 @@ def test_evaluate_command_end_to_end(tmp_path):
         method_outputs = outputs[record["method"]]
         for row in record["per_example"]:
             reference = next(e.reference for e in examples if e.id == row["id"])
-            assert {k: row[k] for k in ("rouge1", "rougeL")} == pytest.approx(rouge(method_outputs[row["id"]], reference))
+            expected = rouge(method_outputs[row["id"]], reference)
+            assert {k: row[k] for k in ("rouge1", "rougeL")} == pytest.approx(expected)
         assert record["averages"]["rouge1"] == pytest.approx(sum(r["rouge1"] for r in record["per_example"]) / 2)
     assert "| costeer |" in completed.stdout and (tmp_path / "res" / "lamp4.md").is_file()
     assert (tmp_path / "res" / "lamp4.csv").read_text().splitlines()[0] == "setting,lamp_4/rouge1,lamp_4/rougeL"

@@ -67,8 +67,8 @@ def test_scorer_equals_a_direct_forward_pass(scorer, tiny_reward_model):
 
 def test_score_depends_on_the_preference_in_the_prompt(scorer):
     response = "boil water steep the leaves"
-    scores = {preference: scorer.score(f"how do i make tea\nYour answer should be as {preference} as possible", response)
-              for preference in ("concise", "verbose", "creative")}
+    scores = {preference: scorer.score(f"how do i make tea\nYour answer should be as {preference} as possible",
+                                       response) for preference in ("concise", "verbose", "creative")}
     assert len({round(value, 6) for value in scores.values()}) == 3
     assert score_responses(scorer, ["a", "b"], ["x", "y"]) == [scorer.score("a", "x"), scorer.score("b", "y")]
     with pytest.raises(ValueError, match="2 prompts but 1 responses"):
@@ -85,7 +85,8 @@ def test_reward_metric_per_dataset_and_preference(scorer, tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "helpsteer.jsonl").write_text("".join(
-        json.dumps({"id": i, "input": q}) + "\n" for i, q in enumerate(["how do i make tea", "make tea quickly", "tea"])))
+        json.dumps({"id": i, "input": q}) + "\n"
+        for i, q in enumerate(["how do i make tea", "make tea quickly", "tea"])))
     answers = {"0": "boil water", "2": "enjoy a cup of warm sunshine"}
     predictions = tmp_path / "costeer_uplifting.jsonl"
     predictions.write_text("".join(json.dumps({"id": k, "method": "costeer", "output": v, "preference": "uplifting"})

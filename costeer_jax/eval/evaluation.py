@@ -63,12 +63,13 @@ def evaluate_prediction_files(prediction_paths: Sequence[str | Path], scorers: S
 
 def write_reports(results: Sequence[dict[str, Any]], output: str | Path, labels: Sequence[str] | None = None,
                   significance_method: str | None = "costeer", upper_bound_settings: Sequence[str] = ("llm_w",),
-                  level: float = SIGNIFICANCE_LEVEL) -> dict[str, Path | list[Path]]:
+                  level: float = SIGNIFICANCE_LEVEL,
+                  baselines: Sequence[str] | None = None) -> dict[str, Path | list[Path]]:
     """Writes OUTPUT.json (every record + table), OUTPUT.csv, OUTPUT.md and sweep PNGs beside it."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     settings = setting_labels(results, labels)
-    table = build_table(results, settings, significance_method, upper_bound_settings, level)
+    table = build_table(results, settings, significance_method, upper_bound_settings, level, baselines)
     records = [dict(result, setting=setting) for result, setting in zip(results, settings)]
     prefix = output.with_suffix("")
     paths: dict[str, Path | list[Path]] = {"json": output, "csv": prefix.with_suffix(".csv"),

@@ -30,7 +30,8 @@ def read_predictions(path: str | Path) -> PredictionFile:
         where = f"{path}:{line_number}"
         text_key = "output" if "output" in row else "response"
         if row.get("id") is None or row.get(text_key) is None:
-            raise DataFormatError(f"{where}: a generation row needs 'id' and 'output' (present: {', '.join(sorted(row))})")
+            raise DataFormatError(
+                f"{where}: a generation row needs 'id' and 'output' (present: {', '.join(sorted(row))})")
         example_id = require_text(row, "id", where)
         if example_id in outputs:
             raise DataFormatError(f"{where}: duplicate id {example_id!r}")

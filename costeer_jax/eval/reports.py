@@ -66,6 +66,11 @@ def _dataset_sort_key(dataset: str) -> tuple[float, int]:
     return task_rank, preference_rank
 
 
+def _column_sort_key(column: Column) -> tuple[tuple[float, int], int]:
+    dataset, key = column
+    return _dataset_sort_key(dataset), _METRIC_ORDER.index(key) if key in _METRIC_ORDER else len(_METRIC_ORDER)
+
+
 @dataclasses.dataclass(frozen=True)
 class Table:
     settings: list[str]
@@ -85,8 +90,11 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def build_table(results: Sequence[Mapping[str, Any]], labels: Sequence[str], significance_method: str | None = "costeer",
-                upper_bound_settings: Sequence[str] = ("llm_w",), level: float = SIGNIFICANCE_LEVEL) -> Table:
+def build_table(results: Sequence[Mapping[str, Any]], labels: Sequence[str],
+                significance_method: str | None = "costeer", upper_bound_settings: Sequence[str] = ("llm_w",),
+                level: float = SIGNIFICANCE_LEVEL, baselines: Sequence[str] | None = None) -> Table:
+    """`baselines` default: every setting but the method and the upper bounds (Table 7 compares
+    CoSteer with LLM w/o, SLM w/ and SLM w/o, not with the privacy-violating LLM w/)."""
     if len(labels) != len(results):
         raise ValueError(f"{len(labels)} labels for {len(results)} results")
     settings = list(dict.fromkeys(labels))
@@ -104,10 +112,17 @@ def build_table(results: Sequence[Mapping[str, Any]], labels: Sequence[str], sig
             scores[cell] = _per_example(result, key)
     _add_preference_averages(results, labels, values, scores)
 
-    columns = sorted({column for _, column in values},
-                     key=lambda c: (_dataset_sort_key(c[0]), _METRIC_ORDER.index(c[1]) if c[1] in _METRIC_ORDER else 99))
+    columns = sorted({column for _, column in values}, key=_column_sort_key)
     method = significance_method if significance_method in settings else None
-    baselines = [s for s in settings if s != method and s not in upper_bound_settings] if method else []
+    if method is None:
+        baselines = []
+    elif baselines is None:
+        baselines = [s for s in settings if s != method and s not in upper_bound_settings]
+    else:
+        unknown = [b for b in baselines if b not in settings]
+        if unknown:
+            raise ValueError(f"significance baselines {unknown} are not settings; settings: {', '.join(settings)}")
+        baselines = [b for b in baselines if b != method]
     significance = {}
     for column in columns:
         if method is None or values.get((method, column)) is None:

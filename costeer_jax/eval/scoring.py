@@ -41,7 +41,7 @@ class Scorers:
     reward_factory: Callable[[], ResponseScorer] | None = None
     judge: JudgeConfig | None = None
     nltk_data_dir: str | Path | None = None
-    _reward: ResponseScorer | None = None
+    _reward: ResponseScorer | None = dataclasses.field(default=None, init=False, repr=False)
 
     def reward(self) -> ResponseScorer:
         if self._reward is None:

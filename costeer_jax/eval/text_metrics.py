@@ -12,7 +12,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from costeer_jax.eval.wordnet_setup import DEFAULT_TARGET, WordNetMissingError, install_hint, is_wordnet_installed, wordnet_dir
+from costeer_jax.eval.wordnet_setup import (DEFAULT_TARGET, WordNetMissingError, install_hint, is_wordnet_installed,
+                                            wordnet_dir)
 
 ROUGE_KEYS = ("rouge1", "rougeL")
 METEOR_KEY = "meteor"
