@@ -49,6 +49,19 @@ flags.DEFINE_integer("T", DEFAULT_HYPER["T"], "CoSteer FTRL iterations per token
 flags.DEFINE_float("tau", DEFAULT_HYPER["tau"], "AdaCoSteer confidence threshold.")
 flags.DEFINE_integer("k_consecutive", DEFAULT_HYPER["k_consecutive"], "AdaCoSteer streak length.")
 flags.DEFINE_float("cs_lambda", DEFAULT_HYPER["cs_lambda"], "LA/CS scaling (B.8: 1.5, 2.0, 2.5).")
+flags.DEFINE_integer("K", 4, "specsteer/sd: draft tokens per iteration.")
+flags.DEFINE_float("spec_lambda", DEFAULT_HYPER["spec_lambda"], "SpecSteer verification threshold lambda (Eq. 7).")
+flags.DEFINE_float("spec_beta", DEFAULT_HYPER["spec_beta"], "SpecSteer recovery steering strength beta (Eq. 8).")
+flags.DEFINE_enum("acceptance", "auto", ["auto", "threshold", "stochastic"],
+                  "SpecSteer acceptance: threshold (accept iff P_LLM >= lambda P_SLM-), stochastic "
+                  "(u <= alpha, Algorithm 1), auto = threshold when greedy, stochastic when sampling.")
+flags.DEFINE_integer("downlink_topk", 0, "SpecSteer: truncate the cloud term h_LLM - beta h_SLM- to its "
+                     "top-k on recovery, as deployed (App. D); 0 = exact Eq. 8 (bytes are then "
+                     "accounted for k=32).")
+flags.DEFINE_enum("bonus_token", "auto", ["auto", "on", "off"],
+                  "specsteer/sd: draw a bonus token when all K drafts pass (auto: off for specsteer "
+                  "as Algorithm 1, on for sd).")
+flags.DEFINE_enum("sd_drafter", "slm_w", ["slm_w", "slm_wo"], "sd: draft with SLM+ (private context) or SLM-.")
 flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
 
 
@@ -82,7 +95,7 @@ def load_models(method):
 
 def main(argv):
     del argv
-    from costeer_jax.decoding.methods import get_method
+    from costeer_jax.decoding.methods import SPECULATIVE_METHOD_NAMES, SpeculativeOptions, get_method
     from costeer_jax.decoding.runner import Generator, Sampling, generate_to_file
 
     if not FLAGS.output:
@@ -90,7 +103,14 @@ def main(argv):
     if FLAGS.batch_size < 1 or FLAGS.max_new_tokens < 1:
         raise app.UsageError("--batch_size and --max_new_tokens must be positive")
     examples = load_examples()
-    method = get_method(FLAGS.method, max_T=max(FLAGS.T, 1))
+    speculative_options = None
+    if FLAGS.method in SPECULATIVE_METHOD_NAMES:
+        if FLAGS.K < 1 or FLAGS.downlink_topk < 0:
+            raise app.UsageError("--K must be >= 1 and --downlink_topk >= 0")
+        speculative_options = SpeculativeOptions(
+            num_draft=FLAGS.K, bonus={"auto": None, "on": True, "off": False}[FLAGS.bonus_token],
+            acceptance=FLAGS.acceptance, downlink_topk=FLAGS.downlink_topk, sd_drafter=FLAGS.sd_drafter)
+    method = get_method(FLAGS.method, max_T=max(FLAGS.T, 1), speculative=speculative_options)
     t0 = time.perf_counter()
     models = load_models(method)
     load_seconds = time.perf_counter() - t0
@@ -98,12 +118,19 @@ def main(argv):
     generator = Generator(
         method, models, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
         sampling=Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed), hyper=hyper)
-    extra = {"config": hyper} if hyper else None
+    config = dict(hyper)
+    if generator.spec is not None:
+        config.update(K=generator.spec.num_draft, bonus_token=generator.spec.bonus,
+                      threshold_acceptance=generator.spec.threshold_acceptance,
+                      downlink_topk=generator.spec.downlink_topk)
+        if FLAGS.method == "sd":
+            config["sd_drafter"] = FLAGS.sd_drafter
+    extra = {"config": config} if config else None
     figures = generate_to_file(generator, examples, Path(FLAGS.output), progress=FLAGS.progress,
                                extra_fields=extra)
     summary = {"method": FLAGS.method, "llm": FLAGS.llm, "slm": FLAGS.slm,
                "batch_size": FLAGS.batch_size, "max_new_tokens": FLAGS.max_new_tokens,
-               "load_seconds": round(load_seconds, 3), **figures.as_dict(), **hyper}
+               "load_seconds": round(load_seconds, 3), **figures.as_dict(), **config}
     print(json.dumps(summary))
 
 

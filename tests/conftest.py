@@ -67,3 +67,31 @@ def smollm2_available() -> bool:
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory):
+    """The SmolLM2 tokenizer (from the GGUF) saved as an HF tokenizer folder."""
+    from costeer_jax.models.gguf_file import gguf_tokenizer
+    from costeer_jax.models.loading import SMOLLM2_GGUF, smollm2_package_dir
+
+    d = tmp_path_factory.mktemp("smol_tok")
+    gguf_tokenizer(str(smollm2_package_dir() / SMOLLM2_GGUF)).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_models(tmp_path_factory, smollm2_tokenizer_dir):
+    """Tiny random Llama checkpoints with the real SmolLM2 tokenizer (so text prompts work):
+    "llm", "slm" (a different random model) and "sft" (a third, for proxy-tuning)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("tiny_chat")
+    out = {}
+    for seed, name in enumerate(("llm", "slm", "sft")):
+        d = build_tiny_checkpoint("llama", root / name, seed=seed, vocab_size=49152,
+                                  bos_token_id=1, eos_token_id=2, pad_token_id=2)
+        for f in smollm2_tokenizer_dir.iterdir():
+            shutil.copy(f, d / f.name)
+        out[name] = d
+    return out

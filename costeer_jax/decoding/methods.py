@@ -33,20 +33,41 @@ STREAMS = {
 DEFAULT_HYPER = {
     "alpha": 2.0, "beta": 1.0, "lam": 2.0, "eta": 10.0, "T": 20,
     "tau": 0.9, "k_consecutive": 3, "cs_lambda": 2.0,
+    # SpecSteer Appendix B.2: verification threshold lambda = 0.5, recovery strength beta = 1.0.
+    "spec_lambda": 0.5, "spec_beta": 1.0,
 }
+
+SPECULATIVE_METHOD_NAMES = ("specsteer", "sd")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeculativeOptions:
+    """Static options of the Draft-Verify methods (run by `decoding.speculative`, not the token
+    loop): K drafts per iteration, the bonus token on full acceptance (None: the method's usual
+    choice, off for SpecSteer's Algorithm 1, on for SD), SpecSteer's acceptance mode
+    (auto|threshold|stochastic), the downlink top-k truncation of the cloud term (0: exact), and
+    SD's drafter stream (slm_w: SLM with the private context, or slm_wo)."""
+
+    num_draft: int = 4
+    bonus: bool | None = None
+    acceptance: str = "auto"
+    downlink_topk: int = 0
+    sd_drafter: str = "slm_w"
 
 
 @dataclasses.dataclass(frozen=True)
 class Method:
     name: str
     streams: tuple[str, ...]
-    policy: Callable  # (logits by stream, state, hyper) -> (log_probs, state, stats)
+    policy: Callable | None  # (logits by stream, state, hyper) -> (log_probs, state, stats)
     hyper_keys: tuple[str, ...] = ()
     init_state: Callable[[int], Any] = lambda batch: None
     # Streams only needed while `steering_active(state)` is true somewhere in the batch; the
     # loop skips their model's forward once every row has stopped steering (AdaCoSteer).
     gated_streams: tuple[str, ...] = ()
     description: str = ""
+    # Set for the Draft-Verify methods (specsteer, sd): they have no per-token policy.
+    speculative: SpeculativeOptions | None = None
 
 
 def _log_softmax(x):
@@ -83,8 +104,9 @@ def _proxy_tuning(logits, state, hyper):
 
 
 @functools.lru_cache(maxsize=None)
-def get_method(name: str, max_T: int = 20) -> Method:
-    """Method objects are cached so the static policy (a jit cache key) is reused across calls."""
+def get_method(name: str, max_T: int = 20, speculative: SpeculativeOptions | None = None) -> Method:
+    """Method objects are cached so the static policy (a jit cache key) is reused across calls.
+    `speculative` configures specsteer/sd (defaults when None) and is ignored by other methods."""
     plain = {
         "llm_wo": ("llm", "LLM on the bare query (no personal context)"),
         "llm_w": ("llm_w", "LLM with the personal context (privacy-violating upper bound)"),
@@ -112,11 +134,23 @@ def get_method(name: str, max_T: int = 20) -> Method:
     if name == "proxy_tuning":
         return Method(name, ("llm", "sft_w", "slm_w"), _proxy_tuning,
                       description="proxy-tuning: LLM + (SLM-SFT - SLM-base) logits")
+    if name in SPECULATIVE_METHOD_NAMES:
+        options = speculative or SpeculativeOptions()
+        if name == "specsteer":
+            return Method(name, ("llm", "slm_wo", "slm_w"), None, ("spec_lambda", "spec_beta"),
+                          speculative=options,
+                          description=f"SpecSteer: SLM+ drafts K={options.num_draft}, ratio verification, "
+                                      "steering recovery")
+        if options.sd_drafter not in ("slm_w", "slm_wo"):
+            raise ValueError(f"sd_drafter must be slm_w or slm_wo, got {options.sd_drafter!r}")
+        return Method(name, ("llm", options.sd_drafter), None, speculative=options,
+                      description=f"speculative decoding: {options.sd_drafter} drafts K={options.num_draft}, "
+                                  "exact rejection sampling against the LLM")
     raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHOD_NAMES)}")
 
 
 METHOD_NAMES = ("llm_wo", "llm_w", "slm_wo", "slm_w", "costeer", "light_costeer", "ada_costeer",
-                "cs", "proxy_tuning")
+                "cs", "proxy_tuning") + SPECULATIVE_METHOD_NAMES
 
 
 def steering_active(state) -> jax.Array:

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costeer_jax.decoding import engine
+from costeer_jax.decoding import engine, speculative
 from costeer_jax.decoding.methods import (LLM, PERSONALIZED, SLM, SLM_SFT, STREAMS, Method,
                                           hyper_arrays, steering_active)
 from costeer_jax.models.cache import round_up
@@ -51,6 +51,8 @@ class RunFigures:
             out[name] = int(total)
             if name == "steered_tokens":
                 out["steered_fraction"] = round(total / max(self.tokens, 1), 4)
+        if "drafted_tokens" in self.stats:  # specsteer / sd
+            out.update(speculative.stats_summary(self.stats, self.tokens))
         return out
 
 
@@ -106,6 +108,21 @@ class Generator:
         self.eos_ids = eos_token_ids(self.tokenizer, used[0].generation_eos)
         self._compiled: dict[Any, Any] = {}
         self.compile_seconds = 0.0
+        self.spec = None
+        if method.speculative is not None:
+            options = method.speculative
+            aliases = dict(self.layout.aliases)
+            # Streams the kernel reads, resolved through aliases (one checkpoint serving LLM and
+            # SLM on the same text is one stream: SLM- logits are the LLM's, no second forward).
+            drafter = "slm_w" if method.name == "specsteer" else options.sd_drafter
+            self.spec_streams = {"llm": "llm", "draft": aliases.get(drafter, drafter)}
+            slm_wo_is_llm = aliases.get("slm_wo") == "llm"
+            if method.name == "specsteer" and not slm_wo_is_llm:
+                self.spec_streams["slm_wo"] = aliases.get("slm_wo", "slm_wo")
+            self.spec = speculative.make_spec_config(
+                method.name, num_draft=options.num_draft, bonus=options.bonus,
+                acceptance=options.acceptance, downlink_topk=options.downlink_topk,
+                greedy=sampling.greedy, slm_wo_is_llm=slm_wo_is_llm)
 
     # -- tokenisation ---------------------------------------------------------------------
     def stream_ids(self, example) -> dict[str, list[int]]:
@@ -135,6 +152,8 @@ class Generator:
             rows_hyper = hyper_rows + [hyper_rows[-1]] * (self.batch_size - real)
         hyper = hyper_arrays(self.method, rows_hyper if rows_hyper else self.hyper, len(padded))
         s = self.sampling
+        if self.spec is not None:
+            return self._run_speculative(examples, padded, prompts, hyper, width)
         args = (
             tuple(m.params for m in self.group_models), prompts,
             self.method.init_state(len(padded)), hyper,
@@ -153,6 +172,35 @@ class Generator:
             self._compiled[signature] = engine.decode.lower(*args, **static).compile()
             self.compile_seconds += time.perf_counter() - t0
         result = jax.device_get(self._compiled[signature](*args))
+        return self._rows(examples, result)
+
+    def _run_speculative(self, examples, padded, prompts, hyper, width):
+        """specsteer / sd: the Draft-Verify kernel instead of the token loop, same row format."""
+        s = self.sampling
+        llm, slm = self.models[LLM], self.models[SLM]
+        args = (
+            llm.params, slm.params, {k: prompts[v] for k, v in self.spec_streams.items()}, hyper,
+            jnp.stack([row_key(s.seed, str(e.id)) for e in padded]),
+            jnp.asarray(self.eos_ids, jnp.int32),
+            jnp.full((len(padded),), s.temperature, jnp.float32),
+            jnp.full((len(padded),), s.top_p, jnp.float32))
+        static = dict(
+            cfg_llm=llm.cfg, cfg_slm=slm.cfg, spec=self.spec, max_new_tokens=self.max_new_tokens,
+            vocab_limit=self.vocab_limit, greedy=s.greedy,
+            cache_len=speculative.cache_len_for(width, self.max_new_tokens, self.spec.num_draft))
+        signature = ("speculative", width, static["cache_len"])
+        if signature not in self._compiled:
+            t0 = time.perf_counter()
+            self._compiled[signature] = speculative.decode.lower(*args, **static).compile()
+            self.compile_seconds += time.perf_counter() - t0
+        result = jax.device_get(self._compiled[signature](*args))
+        rows, stats = self._rows(examples, result)
+        for row in rows:
+            row.update(speculative.stats_summary(row, len(row["token_ids"])))
+        return rows, stats
+
+    def _rows(self, examples, result) -> tuple[list[dict], dict]:
+        real = len(examples)
         rows = []
         for b in range(real):
             n = int(result.num_tokens[b])

