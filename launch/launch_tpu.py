@@ -15,6 +15,7 @@ launcher; rerunning is safe (generation resumes per shard, merge rewrites atomic
 """
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -31,20 +32,24 @@ from costeer_jax.distributed import shard_output_path  # noqa: E402
 STEPS = ("setup", "run", "fetch", "merge")
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("tpu", None, "TPU VM name (gcloud compute tpus tpu-vm list).")
-flags.DEFINE_string("zone", None, "Zone of the TPU VM.")
-flags.DEFINE_string("project", None, "GCP project (default: gcloud's configured one).")
-flags.DEFINE_integer("num_workers", None, "Hosts in the slice (v4-16: 2, v4-32: 4, v5e-16: 4 ...): "
-                     "the number of output shards to fetch and merge.")
-flags.DEFINE_string("output", None, "Output jsonl, relative to --remote_dir on the workers and to "
-                    "the current directory here.")
-flags.DEFINE_string("remote_dir", "costeer-jax", "Checkout on every worker, relative to the ssh "
-                    "user's home (no '~': it would be quoted, not expanded).")
-flags.DEFINE_string("remote_python", ".venv/bin/python", "Python on the workers, relative to --remote_dir.")
-flags.DEFINE_string("setup_command", None, "Shell command run in --remote_dir on all workers by "
-                    "the setup step, e.g. 'git pull && .venv/bin/pip install -e . jax[tpu]'.")
-flags.DEFINE_list("steps", ["run", "fetch", "merge"], f"Steps to run, from {STEPS}.")
-flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.")
+
+
+def define_flags() -> None:
+    """Defined only when run as a script, so importing build_commands registers no global flags."""
+    flags.DEFINE_string("tpu", None, "TPU VM name (gcloud compute tpus tpu-vm list).")
+    flags.DEFINE_string("zone", None, "Zone of the TPU VM.")
+    flags.DEFINE_string("project", None, "GCP project (default: gcloud's configured one).")
+    flags.DEFINE_integer("num_workers", None, "Hosts in the slice (v4-16: 2, v4-32: 4, v5e-16: 4 ...): "
+                         "the number of output shards to fetch and merge.")
+    flags.DEFINE_string("output", None, "Output jsonl, relative to --remote_dir on the workers and to "
+                        "the current directory here.")
+    flags.DEFINE_string("remote_dir", "costeer-jax", "Checkout on every worker, relative to the ssh "
+                        "user's home (no '~': it would be quoted, not expanded).")
+    flags.DEFINE_string("remote_python", ".venv/bin/python", "Python on the workers, relative to --remote_dir.")
+    flags.DEFINE_string("setup_command", None, "Shell command run in --remote_dir on all workers by "
+                        "the setup step, e.g. 'git pull && .venv/bin/pip install -e . jax[tpu]'.")
+    flags.DEFINE_list("steps", ["run", "fetch", "merge"], f"Steps to run, from {STEPS}.")
+    flags.DEFINE_bool("dry_run", False, "Print the commands, run nothing.")
 
 
 def gcloud_ssh(tpu: str, zone: str, project: str | None, worker: str, command: str) -> list[str]:
@@ -71,6 +76,8 @@ def build_commands(*, tpu: str, zone: str, project: str | None, num_workers: int
         raise ValueError(f"unknown steps {unknown}; choose from {STEPS}")
     if any(a == "--output" or a.startswith("--output=") for a in generate_args):
         raise ValueError("pass --output to the launcher, not after `--`: it also names the shards to fetch")
+    if num_workers < 1:
+        raise ValueError("--num_workers must be >= 1")
     if remote_dir.startswith("~"):
         raise ValueError("--remote_dir must be relative to the home directory (ssh starts there), without '~'")
     cd = f"cd {shlex.quote(remote_dir)}"
@@ -80,16 +87,19 @@ def build_commands(*, tpu: str, zone: str, project: str | None, num_workers: int
             raise ValueError("the setup step needs --setup_command")
         commands.append(("setup", gcloud_ssh(tpu, zone, project, "all", f"{cd} && {setup_command}")))
     if "run" in steps:
-        generate = [remote_python, "experiments/generate.py", "--multihost", f"--output={output}", *generate_args]
+        multihost = ["--multihost"] if num_workers > 1 else []  # one worker: a plain single-host run
+        generate = [remote_python, "experiments/generate.py", *multihost, f"--output={output}", *generate_args]
         commands.append(("run", gcloud_ssh(tpu, zone, project, "all", f"{cd} && {shlex.join(generate)}")))
     if "fetch" in steps:
-        Path_local = Path(output)
+        commands.append(("fetch", ["mkdir", "-p", str(Path(output).parent)]))
         for i in range(num_workers):
-            shard = str(shard_output_path(Path_local, i, num_workers))
-            commands.append(("fetch", gcloud_scp(tpu, zone, project, i, f"{remote_dir}/{shard}", shard)))
+            shard = str(shard_output_path(output, i, num_workers))
+            remote = shard if Path(shard).is_absolute() else f"{remote_dir}/{shard}"
+            commands.append(("fetch", gcloud_scp(tpu, zone, project, i, remote, shard)))
     if "merge" in steps:
-        commands.append(("merge", [local_python, str(Path("experiments") / "merge_shards.py"),
-                                   f"--output={output}", f"--process_count={num_workers}"]))
+        merge_script = os.path.relpath(REPO_ROOT / "experiments" / "merge_shards.py")
+        commands.append(("merge", [local_python, merge_script, f"--output={output}",
+                                   f"--process_count={num_workers}"]))
     return commands
 
 
@@ -102,27 +112,24 @@ def main(argv):
         commands = build_commands(
             tpu=FLAGS.tpu, zone=FLAGS.zone, project=FLAGS.project, num_workers=FLAGS.num_workers,
             output=FLAGS.output, generate_args=generate_args, remote_dir=FLAGS.remote_dir,
-            remote_python=FLAGS.remote_python, setup_command=FLAGS.setup_command, steps=FLAGS.steps,
-            local_python="python" if FLAGS.dry_run else sys.executable)
+            remote_python=FLAGS.remote_python, setup_command=FLAGS.setup_command, steps=FLAGS.steps)
     except ValueError as e:
         raise app.UsageError(str(e)) from None
-    if FLAGS.num_workers > 1 and "fetch" in FLAGS.steps:
-        Path(FLAGS.output).parent.mkdir(parents=True, exist_ok=True) if not FLAGS.dry_run else None
     for step, command in commands:
         line = shlex.join(command)
         if FLAGS.dry_run:
             print(f"# {step}\n{line}")
             continue
         print(f"[{step}] {line}", file=sys.stderr, flush=True)
-        if step == "merge":
-            command = [sys.executable, str(REPO_ROOT / "experiments" / "merge_shards.py"), *command[2:]]
         result = subprocess.run(command)
         if result.returncode:
-            print(f"[{step}] failed with exit code {result.returncode}; fix it and rerun "
-                  f"(e.g. --steps={','.join(STEPS[STEPS.index(step):][:3])})", file=sys.stderr)
+            later = ",".join(s for s in STEPS if s in FLAGS.steps and STEPS.index(s) >= STEPS.index(step))
+            print(f"[{step}] failed with exit code {result.returncode}; fix it and rerun with "
+                  f"--steps={later}", file=sys.stderr)
             return result.returncode
     return 0
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -302,13 +302,25 @@ def _with_lengths(cache: KVCache, lengths: jax.Array) -> KVCache:
     return dataclasses.replace(cache, lengths=lengths)
 
 
-def _prefill_all_but_last(params, cfg, prompt: Prompt, cache_len: int):
-    """Writes each prompt minus its last token; that token becomes the stream's pending token."""
-    batch = prompt.tokens.shape[0]
-    cache = init_cache(cfg, batch, cache_len, params["embed"].dtype)
-    _, cache = prefill_logits(params, cfg, prompt.tokens, prompt.lengths - 1, cache)
-    pending = prompt.tokens[jnp.arange(batch), prompt.lengths - 1]
-    return cache, pending
+def _prefill_all_but_last(params, cfg, prompts: list[Prompt], cache_len: int):
+    """Writes each prompt minus its last token; that token becomes the stream's pending token.
+
+    Several streams on the same weights are prefilled as one batch (one forward to compile and
+    run instead of one per stream); returns one (cache, pending) per stream.
+    """
+    width = max(p.tokens.shape[1] for p in prompts)
+    tokens = jnp.concatenate([jnp.pad(p.tokens, ((0, 0), (0, width - p.tokens.shape[1]))) for p in prompts])
+    lengths = jnp.concatenate([p.lengths for p in prompts])
+    cache = init_cache(cfg, tokens.shape[0], cache_len, params["embed"].dtype)
+    _, cache = prefill_logits(params, cfg, tokens, lengths - 1, cache)
+    pending = tokens[jnp.arange(tokens.shape[0]), lengths - 1]
+    batch = prompts[0].tokens.shape[0]
+    streams = []
+    for i in range(len(prompts)):
+        rows = slice(i * batch, (i + 1) * batch)
+        stream_cache = KVCache(cache.keys[:, rows], cache.values[:, rows], cache.lengths[rows])
+        streams.append((stream_cache, pending[rows]))
+    return streams
 
 
 def _verify_forward(params, cfg, cache: KVCache, pending, drafts, vocab_limit: int):
@@ -344,10 +356,11 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
     batch = prompts["llm"].tokens.shape[0]
     separate_slm_wo = spec.uses_slm_wo and not spec.slm_wo_is_llm
 
-    llm_cache, llm_pending = _prefill_all_but_last(params_llm, cfg_llm, prompts["llm"], cache_len)
-    draft_cache, draft_pending = _prefill_all_but_last(params_slm, cfg_slm, prompts["draft"], cache_len)
-    wo_cache, wo_pending = (_prefill_all_but_last(params_slm, cfg_slm, prompts["slm_wo"], cache_len)
-                            if separate_slm_wo else (None, None))
+    (llm_cache, llm_pending), = _prefill_all_but_last(params_llm, cfg_llm, [prompts["llm"]], cache_len)
+    slm_streams = [prompts["draft"]] + ([prompts["slm_wo"]] if separate_slm_wo else [])
+    slm_started = _prefill_all_but_last(params_slm, cfg_slm, slm_streams, cache_len)
+    draft_cache, draft_pending = slm_started[0]
+    wo_cache, wo_pending = slm_started[1] if separate_slm_wo else (None, None)
 
     class Carry(NamedTuple):
         iteration: jax.Array

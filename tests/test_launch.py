@@ -1,0 +1,119 @@
+"""Launch scripts: the TPU launcher's dry run, the GPU recipe, the sweep example. No gcloud or GPU."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER = REPO_ROOT / "launch" / "launch_tpu.py"
+
+
+def _build_commands():
+    """launch/ is scripts, not a package: load the launcher module from its file."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("launch_tpu", LAUNCHER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_commands
+
+
+def _launch(*args):
+    return subprocess.run([sys.executable, str(LAUNCHER), *args], capture_output=True, text=True,
+                          timeout=120, cwd=REPO_ROOT)
+
+
+def test_tpu_dry_run_prints_the_exact_commands():
+    done = _launch("--tpu=my-v4-16", "--zone=us-central2-b", "--project=my-proj", "--num_workers=2",
+                   "--output=outputs/hs.jsonl", "--dry_run", "--",
+                   "--method=costeer", "--task=helpsteer", "--mesh=data:4", "--batch_size=32")
+    assert done.returncode == 0, done.stderr
+    ssh = "gcloud compute tpus tpu-vm ssh my-v4-16 --zone=us-central2-b --project=my-proj --worker=all"
+    scp = "gcloud compute tpus tpu-vm scp --zone=us-central2-b --project=my-proj"
+    assert done.stdout.splitlines() == [
+        "# run",
+        f"{ssh} '--command=cd costeer-jax && .venv/bin/python experiments/generate.py --multihost "
+        "--output=outputs/hs.jsonl --method=costeer --task=helpsteer --mesh=data:4 --batch_size=32'",
+        "# fetch",
+        "mkdir -p outputs",
+        "# fetch",
+        f"{scp} --worker=0 my-v4-16:costeer-jax/outputs/hs.host-00-of-02.jsonl outputs/hs.host-00-of-02.jsonl",
+        "# fetch",
+        f"{scp} --worker=1 my-v4-16:costeer-jax/outputs/hs.host-01-of-02.jsonl outputs/hs.host-01-of-02.jsonl",
+        "# merge",
+        f"{shlex.quote(sys.executable)} experiments/merge_shards.py --output=outputs/hs.jsonl --process_count=2",
+    ]
+
+
+def test_remote_command_survives_shell_quoting():
+    """Arguments with spaces and quotes reach generate.py unchanged through both shells (the local
+    one running gcloud, the worker's one running --command)."""
+    build_commands = _build_commands()
+    tricky = ["--prompts_file=data/my prompts.jsonl", "--llm=it's/a model", "--alpha=2.0"]
+    (_, run), = build_commands(tpu="t", zone="z", project=None, num_workers=2, output="o.jsonl",
+                               generate_args=tricky, steps=["run"])
+    printed = shlex.join(run)
+    local_argv = shlex.split(printed)  # what the local shell gives gcloud
+    command = next(a for a in local_argv if a.startswith("--command="))[len("--command="):]
+    remote_argv = shlex.split(command.split(" && ", 1)[1])  # what the worker's shell runs
+    assert remote_argv == [".venv/bin/python", "experiments/generate.py", "--multihost", "--output=o.jsonl", *tricky]
+
+
+def test_setup_step_and_argument_errors():
+    build_commands = _build_commands()
+    common = dict(tpu="t", zone="z", project=None, num_workers=2, output="o.jsonl", generate_args=[])
+    (step, argv), = build_commands(**common, steps=["setup"], setup_command="git pull && make venv")
+    assert step == "setup" and argv[-2:] == ["--worker=all", "--command=cd costeer-jax && git pull && make venv"]
+    (_, single), = build_commands(**{**common, "num_workers": 1}, steps=["run"])
+    assert "--multihost" not in single[-1]  # one worker is a plain single-host run
+    with pytest.raises(ValueError, match="needs --setup_command"):
+        build_commands(**common, steps=["setup"])
+    with pytest.raises(ValueError, match="unknown steps"):
+        build_commands(**common, steps=["deploy"])
+    with pytest.raises(ValueError, match="without '~'"):
+        build_commands(**common, remote_dir="~/costeer-jax")
+    with pytest.raises(ValueError, match="pass --output to the launcher"):
+        build_commands(**{**common, "generate_args": ["--output=x.jsonl"]})
+
+
+def test_missing_flags_are_a_usage_error():
+    done = _launch("--tpu=t", "--dry_run")
+    assert done.returncode != 0 and "missing --zone, --num_workers, --output" in done.stderr
+
+
+@pytest.mark.parametrize("layout, nproc, expected", [
+    ("data", "4", ["--mesh=data:4", "--output=out.jsonl", "--batch_size=32", "--method=costeer"]),
+    ("model", "2", ["--mesh=model:2", "--output=out.jsonl", "--method=costeer"]),
+])
+def test_gpu_recipe_builds_the_generate_command(layout, nproc, expected):
+    env = dict(os.environ, PYTHON="echo", NUM_GPUS=nproc)
+    done = subprocess.run(["bash", str(REPO_ROOT / "launch" / "gpu_single_host.sh"), layout, "out.jsonl",
+                           "--method=costeer"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["experiments/generate.py", *expected]
+
+
+def test_gpu_recipe_rejects_an_unknown_layout():
+    env = dict(os.environ, PYTHON="echo", NUM_GPUS="2")
+    done = subprocess.run(["bash", str(REPO_ROOT / "launch" / "gpu_single_host.sh"), "pipeline", "o.jsonl"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "layout must be data, model or custom" in done.stderr
+
+
+def test_sweep_example_names_real_hyperparameters_and_flags():
+    from costeer_jax.decoding.methods import get_method
+
+    sweep = json.loads((REPO_ROOT / "launch" / "sweeps" / "alpha_beta_2x2.json").read_text())
+    method = get_method(sweep["method"])
+    assert set(sweep["grid"]) == {"alpha", "beta"} and set(sweep["grid"]) <= set(method.hyper_keys)
+    assert all(len(v) == 2 for v in sweep["grid"].values())
+    generate_flags = set(re.findall(r'flags\.DEFINE_\w+\(\s*"(\w+)"',
+                                    (REPO_ROOT / "experiments" / "generate.py").read_text()))
+    assert set(sweep["fixed"]) <= generate_flags, set(sweep["fixed"]) - generate_flags

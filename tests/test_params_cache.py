@@ -1,0 +1,161 @@
+"""The converted-params cache: exact round trips, no conversion on a hit, bad entries rebuilt."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from costeer_jax.models import loading, params_cache
+
+
+def _bitwise_equal(a, b) -> bool:
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    if tree_a != tree_b:
+        return False
+    return all(x.dtype == y.dtype and x.shape == y.shape
+               and np.array_equal(np.asarray(x).view(np.uint8), np.asarray(y).view(np.uint8))
+               for x, y in zip(leaves_a, leaves_b))
+
+
+@pytest.fixture
+def checkpoint(tiny_checkpoints, tmp_path):
+    """A private copy: tests touch its files, and the cache key includes their mtimes."""
+    return shutil.copytree(tiny_checkpoints["qwen3"], tmp_path / "qwen3")
+
+
+@pytest.fixture
+def count_conversions(monkeypatch):
+    calls = []
+    real = loading.load_safetensors_params
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_safetensors_params", counting)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_save_load_round_trip_is_exact(checkpoint, tmp_path, dtype):
+    fresh = loading.load_model(str(checkpoint), dtype)
+    entry = params_cache.save_params(fresh.params, fresh.cfg, tmp_path / "entry")
+    params, cfg = params_cache.load_params(entry, fresh.cfg)
+    assert cfg == fresh.cfg
+    assert _bitwise_equal(params, fresh.params)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # temp dir renamed away
+
+
+def test_second_load_restores_without_converting(checkpoint, tmp_path, count_conversions, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    first = params_cache.load_model_cached(str(checkpoint), "float32", cache_dir)
+    assert len(count_conversions) == 1
+    assert len(list(cache_dir.iterdir())) == 1
+
+    def no_conversion(*args, **kwargs):
+        raise AssertionError("a cache hit must not convert the checkpoint")
+
+    monkeypatch.setattr(loading, "load_safetensors_params", no_conversion)
+    second = params_cache.load_model_cached(str(checkpoint), "float32", cache_dir)
+    fresh_cfg = first.cfg
+    assert second.cfg == fresh_cfg and second.name == first.name
+    assert second.generation_eos == first.generation_eos and second.tokenizer is None
+    assert _bitwise_equal(second.params, first.params)
+
+
+def test_key_changes_with_dtype_and_with_the_checkpoint_files(checkpoint):
+    source = loading.resolve_model(str(checkpoint))
+    key = params_cache.cache_key(source, "float32")
+    assert key.startswith("qwen3-float32-")
+    assert params_cache.cache_key(source, "float32") == key
+    assert params_cache.cache_key(source, "bfloat16") != key
+    weights = checkpoint / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert params_cache.cache_key(source, "float32") != key
+
+
+def _entry(cache_dir):
+    (entry,) = [p for p in cache_dir.iterdir() if not p.name.startswith(".")]
+    return entry
+
+
+def _break_meta(entry):
+    (entry / params_cache.META_FILE).unlink()
+
+
+def _garble_meta(entry):
+    (entry / params_cache.META_FILE).write_text('{"format_version": 1, "cfg": {')
+
+
+def _truncate_array_data(entry):
+    # Cut every stored data file in half, keeping names and directories: a half-copied entry.
+    data = [p for p in (entry / params_cache.PARAMS_DIR).rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data, "expected array data files under d/ in the orbax checkpoint"
+    for p in data:
+        p.write_bytes(p.read_bytes()[:p.stat().st_size // 2])
+
+
+# orbax's failed restore leaves a tensorstore callback for a closed event loop: harmless noise.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("damage", [_break_meta, _garble_meta, _truncate_array_data])
+def test_damaged_entry_is_ignored_and_rebuilt(checkpoint, tmp_path, count_conversions, damage):
+    cache_dir = tmp_path / "cache"
+    first = params_cache.load_model_cached(str(checkpoint), "float32", cache_dir)
+    damage(_entry(cache_dir))
+    again = params_cache.load_model_cached(str(checkpoint), "float32", cache_dir)
+    assert len(count_conversions) == 2  # converted again
+    assert _bitwise_equal(again.params, first.params)
+    params, _ = params_cache.load_params(_entry(cache_dir), first.cfg)  # the rebuilt entry is sound
+    assert _bitwise_equal(params, first.params)
+    assert not [p for p in cache_dir.iterdir() if ".stale-" in p.name or ".tmp-" in p.name]
+
+
+def test_leftover_temp_dir_from_a_killed_run_is_ignored(checkpoint, tmp_path, count_conversions):
+    cache_dir = tmp_path / "cache"
+    key = params_cache.cache_key(loading.resolve_model(str(checkpoint)), "float32")
+    (cache_dir / f".{key}.tmp-deadbeef" / "params").mkdir(parents=True)
+    params_cache.load_model_cached(str(checkpoint), "float32", cache_dir)
+    params_cache.load_model_cached(str(checkpoint), "float32", cache_dir)
+    assert len(count_conversions) == 1
+    assert (cache_dir / key / params_cache.META_FILE).exists()
+
+
+def test_entry_for_another_architecture_is_refused(checkpoint, tmp_path, tiny_checkpoints):
+    fresh = loading.load_model(str(checkpoint))
+    entry = params_cache.save_params(fresh.params, fresh.cfg, tmp_path / "entry")
+    other = loading.load_model(str(tiny_checkpoints["llama"])).cfg
+    with pytest.raises(params_cache.ParamsCacheError, match="holds params for"):
+        params_cache.load_params(entry, other)
+    meta = json.loads((entry / params_cache.META_FILE).read_text())
+    meta["format_version"] = params_cache.CACHE_FORMAT_VERSION + 1
+    (entry / params_cache.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(params_cache.ParamsCacheError, match="format"):
+        params_cache.load_params(entry, fresh.cfg)
+
+
+def test_unwritable_cache_dir_does_not_fail_the_load(checkpoint, tmp_path):
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("a file where the cache dir should be")
+    loaded = params_cache.load_model_cached(str(checkpoint), "float32", blocker)
+    assert _bitwise_equal(loaded.params, loading.load_model(str(checkpoint)).params)
+
+
+def test_restore_onto_a_mesh_gives_named_shardings(checkpoint, tmp_path):
+    from jax.sharding import NamedSharding
+
+    from costeer_jax.sharding import make_mesh
+
+    mesh = make_mesh("data:-1")
+    cache_dir = tmp_path / "cache"
+    converted = params_cache.load_model_cached(str(checkpoint), "float32", cache_dir, mesh=mesh)
+    restored = params_cache.load_model_cached(str(checkpoint), "float32", cache_dir, mesh=mesh)
+    for loaded in (converted, restored):
+        assert all(isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
+                   for x in jax.tree.leaves(loaded.params))
+    assert _bitwise_equal(restored.params, converted.params)
