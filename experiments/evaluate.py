@@ -26,7 +26,8 @@ from costeer_jax.eval.reward import DEFAULT_REWARD_MODEL, ArmoRMScorer  # noqa: 
 from costeer_jax.eval.scoring import METRICS, Scorers  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("predictions", None, "Generation output JSON-lines files (globs allowed).")
+flags.DEFINE_list("predictions", None, "Generation output JSON-lines files (globs allowed; a folder, "
+                  "e.g. a sweep's --output_dir, stands for its *.jsonl files).")
 flags.DEFINE_list("task", None, f"Task per file (one for all, or one per file); one of {', '.join(TASKS)}. "
                   "Default: the rows' 'task' field.")
 flags.DEFINE_list("preference", None, "Preference per file for preference tasks (concise, creative, uplifting, "

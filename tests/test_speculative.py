@@ -198,7 +198,8 @@ def test_greedy_sd_equals_greedy_llm_with_ragged_acceptance(tiny):
     spec = sp.make_spec_config(sp.SD, num_draft=k, bonus=bonus)
     result = run_spec(spec, tiny["llm"], tiny["related"], {"llm": QUERY, "draft": PERSONAL},
                       cfg_llm=tiny["cfg"], cfg_slm=tiny["cfg"])
-    assert outputs(result) == greedy_llm(tiny)
+    reference = greedy_llm(tiny)
+    assert outputs(result) == reference
     accepted, calls = result.stats["accepted_tokens"], result.stats["llm_calls"]
     # Rows of one batch progressed differently, and acceptance was partial: rollback was exercised.
     assert len(set(calls.tolist())) > 1 and 0 < accepted.sum() < result.stats["drafted_tokens"].sum()
@@ -209,19 +210,23 @@ def test_greedy_sd_equals_greedy_llm_with_ragged_acceptance(tiny):
     else:
         assert np.all(result.stats["bonus_tokens"] == 0) and np.all(draws <= calls)
 
+    # EOS = tokens the LLM emits mid-run, inside accepted runs here: the run is cut right after
+    # it and the row stops, as the token loop stops.
+    eos = jnp.asarray([reference[0][5], reference[2][8]], jnp.int32)
+    with_eos = run_spec(spec, tiny["llm"], tiny["related"], {"llm": QUERY, "draft": PERSONAL},
+                        cfg_llm=tiny["cfg"], cfg_slm=tiny["cfg"], eos_ids=eos)
+    expected = greedy_llm(tiny, eos_ids=eos)
+    assert outputs(with_eos) == expected
+    assert len(expected[0]) == 6 and len(expected[2]) <= 9
+    assert np.all(with_eos.tokens[0, 6:] == int(eos[0]))  # padding past num_tokens, as the engine
 
-def test_greedy_sd_other_architecture_drafter_no_bonus_and_eos(tiny):
-    """A Qwen2 drafter for a Llama LLM, K=3 without the bonus token; EOS is a token the LLM emits
-    mid-run (it truncates accepted runs)."""
-    reference = greedy_llm(tiny)
-    eos = jnp.asarray([reference[0][5], reference[2][9]], jnp.int32)
+
+def test_greedy_sd_other_architecture_drafter_no_bonus(tiny):
+    """A Qwen2 drafter for a Llama LLM, K=3 without the bonus token."""
     spec = sp.make_spec_config(sp.SD, num_draft=3, bonus=False)
     result = run_spec(spec, tiny["llm"], tiny["qwen"], {"llm": QUERY, "draft": PERSONAL},
-                      cfg_llm=tiny["cfg"], cfg_slm=tiny["qwen_cfg"], eos_ids=eos)
-    expected = greedy_llm(tiny, eos_ids=eos)
-    assert outputs(result) == expected
-    assert len(expected[0]) == 6 and len(expected[2]) <= 10
-    assert np.all(result.tokens[0, 6:] == int(eos[0]))  # padding past num_tokens, as the engine
+                      cfg_llm=tiny["cfg"], cfg_slm=tiny["qwen_cfg"])
+    assert outputs(result) == greedy_llm(tiny)
     assert np.all(result.stats["bonus_tokens"] == 0)
 
 

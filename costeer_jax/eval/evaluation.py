@@ -15,9 +15,12 @@ from costeer_jax.eval.significance import SIGNIFICANCE_LEVEL
 
 
 def expand_paths(patterns: Sequence[str]) -> list[Path]:
-    """Paths and glob patterns, in the order given (each glob's matches sorted)."""
+    """Paths, glob patterns and folders (a sweep's output_dir: its *.jsonl files), in the order
+    given (each glob's or folder's matches sorted)."""
     paths: list[Path] = []
     for pattern in patterns:
+        if Path(pattern).is_dir():
+            pattern = str(Path(pattern) / "*.jsonl")
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not matches:
             raise FileNotFoundError(f"--predictions pattern {pattern!r} matches no file")

@@ -29,7 +29,13 @@ def sweep_value(config: Mapping[str, Any], parameter: str) -> float | None:
 def sweep_series(results: Sequence[Mapping[str, Any]], dataset: str, metric: str,
                  parameter: str) -> list[tuple[float, float]]:
     """(parameter value, metric mean) for results of `dataset` where only `parameter` leaves its
-    default; sorted by value. Results whose config lacks a parameter count it as default."""
+    default; sorted by value. Results whose config lacks a parameter count it as default, and so
+    does a parameter held at one value by every result of the dataset (a sweep's fixed T=5)."""
+    held: dict[str, float] = {}
+    for other in SWEEP_PARAMETERS:
+        values = {sweep_value(r.get("config") or {}, other) for r in results if r["dataset"] == dataset} - {None}
+        if len(values) == 1:
+            held[other] = values.pop()
     points: dict[float, float] = {}
     for result in results:
         config = result.get("config") or {}
@@ -38,7 +44,7 @@ def sweep_series(results: Sequence[Mapping[str, Any]], dataset: str, metric: str
         if result["dataset"] != dataset or average is None or value is None:
             continue
         others_default = all(
-            sweep_value(config, other) in (None, default)
+            sweep_value(config, other) in (None, default, held.get(other))
             for other, (_, default, _) in SWEEP_PARAMETERS.items() if other != parameter)
         if others_default:
             points[value] = average

@@ -6,7 +6,7 @@ q/k/v and gate/up projections are fused into single matmuls at load time: at dec
 model is memory-bound, and fewer, larger dots keep XLA:CPU close to the weight-read bound.
 
 Params layout (D hidden, H heads, K kv heads, hd head_dim, F mlp width, L layers, V vocab):
-  embed [V, D]; final_norm [D]; lm_head [D, V] (absent when embeddings are tied)
+  embed [V, D]; final_norm [D]; lm_head [D, V] (for tied models a copy of embed.T, see loading)
   layers: attn_norm [L, D], qkv [L, D, (H+2K)*hd], qkv_bias [L, (H+2K)*hd] (Qwen2),
           q_norm/k_norm [L, hd] (Qwen3), o [L, H*hd, D], mlp_norm [L, D],
           gate_up [L, D, 2F], down [L, F, D]
@@ -97,7 +97,7 @@ def forward(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: ja
     if logits_index is not None:
         x = x[jnp.arange(b), logits_index][:, None, :]
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-    head = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
+    head = params["lm_head"] if "lm_head" in params else params["embed"].T
     logits = jnp.einsum("bsd,dv->bsv", x, head, preferred_element_type=jnp.float32)
     if logits_index is not None:
         logits = logits[:, 0]

@@ -21,7 +21,9 @@ def open_gguf(path: str):
     return GGUFReader(path)
 
 
+@functools.lru_cache(maxsize=4)
 def gguf_metadata(path: str) -> dict[str, Any]:
+    """Parsed once per file: config and tokenizer both read it (the vocabulary is large)."""
     return {k: f.contents() for k, f in open_gguf(path).fields.items() if not k.startswith("GGUF.")}
 
 

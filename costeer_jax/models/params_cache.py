@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # Bump whenever the params pytree that loading.py produces changes (names, fusion, layout): old
 # entries then stop matching instead of restoring a stale layout.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: tied models carry an lm_head copy
 META_FILE, PARAMS_DIR = "meta.json", "params"
 
 

@@ -1,0 +1,188 @@
+"""A hyperparameter sweep decoded as one batched job: prompts x configurations are the rows of the
+same batches, each row with its own hyperparameters, one compiled program for the whole grid.
+
+  python experiments/sweep.py --config=launch/sweeps/alpha_beta_2x2.json --output_dir=outputs/sweep
+  python experiments/sweep.py --method=costeer --grid='alpha=1,2;beta=0.5,1' --fixed='T=20' \
+      --task=helpsteer --preference=concise --limit=64 --batch_size=32 --output_dir=outputs/sweep
+
+Writes one generate.py-style jsonl per configuration, OUTPUT_DIR/<method>_<key>=<value>_....jsonl
+(rows carry "config"), resumable per (configuration, id). --batch_size counts rows, i.e.
+(prompt, configuration) pairs. A --config file's "fixed" may hold hyperparameters and run options
+(task, limit, batch_size, max_new_tokens, seed, ...); flags given on the command line win over it,
+--grid entries replace the file's entries of the same key. The last stdout line is one JSON object
+of figures. Then:
+
+  python experiments/evaluate.py --task=helpsteer --preference=concise \
+      --predictions='outputs/sweep/*.jsonl' --output=results/sweep.json
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # runnable as a script from a checkout
+    sys.path.insert(0, str(REPO_ROOT))
+
+from costeer_jax.decoding.methods import DEFAULT_HYPER, METHOD_NAMES  # noqa: E402
+from costeer_jax.models.loading import DEFAULT_MODEL  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", None, 'Sweep file: {"method", "grid": {KEY: [values]}, "fixed": {KEY: value}}.')
+flags.DEFINE_string("grid", None, "Swept hyperparameters, e.g. 'alpha=1,2;beta=0.5,1'.")
+flags.DEFINE_string("fixed", None, "Non-swept hyperparameters, e.g. 'lam=2;T=20' (default: CoSteer Table 4).")
+flags.DEFINE_string("output_dir", None, "Folder of the per-configuration jsonl files (resumable).")
+flags.DEFINE_enum("method", None, METHOD_NAMES, "Decoding method (default: the --config file's).")
+flags.DEFINE_string("llm", DEFAULT_MODEL, "Cloud LLM: HF directory, .gguf file, hub id or alias.")
+flags.DEFINE_string("slm", DEFAULT_MODEL, "Local SLM: HF directory, .gguf file, hub id or alias.")
+flags.DEFINE_string("slm_sft", None, "Fine-tuned SLM for --method=proxy_tuning.")
+flags.DEFINE_string("prompts_file", None, 'jsonl rows {"id", "input", "personalized_input"}.')
+flags.DEFINE_string("task", None, "Benchmark task name (see costeer_jax.data.TASKS).")
+flags.DEFINE_string("preference", None, "concise|creative|uplifting|verbose for preference tasks.")
+flags.DEFINE_string("data_dir", None, "Dataset folder (default: ../shared/data/costeer_release).")
+flags.DEFINE_integer("limit", None, "Only the first N examples.")
+flags.DEFINE_integer("batch_size", 32, "Rows, i.e. (prompt, configuration) pairs, decoded together.")
+flags.DEFINE_integer("max_new_tokens", 128, "Generation budget per row.")
+flags.DEFINE_integer("seed", 0, "Sampling seed (per-example keys derive from it and the id).")
+flags.DEFINE_bool("do_sample", False, "Sample instead of greedy decoding.")
+flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model parameter dtype.")
+flags.DEFINE_integer("K", 4, "specsteer/sd: draft tokens per iteration (static, not sweepable).")
+flags.DEFINE_enum("acceptance", "auto", ["auto", "threshold", "stochastic"], "SpecSteer acceptance (see generate.py).")
+flags.DEFINE_integer("downlink_topk", 0, "SpecSteer downlink top-k truncation (see generate.py).")
+flags.DEFINE_enum("bonus_token", "auto", ["auto", "on", "off"], "specsteer/sd bonus token (see generate.py).")
+flags.DEFINE_enum("sd_drafter", "slm_w", ["slm_w", "slm_wo"], "sd: draft with SLM+ or SLM-.")
+flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
+
+# Run options a --config file's "fixed" may set (unless given on the command line).
+RUN_OPTIONS = ("llm", "slm", "slm_sft", "prompts_file", "task", "preference", "data_dir", "limit", "batch_size",
+               "max_new_tokens", "seed", "do_sample", "temperature", "top_p", "dtype", "K", "acceptance",
+               "downlink_topk", "bonus_token", "sd_drafter")
+
+
+def resolve_spec():
+    """(method name, grid, fixed hyperparameters) from --config, --grid, --fixed and --method."""
+    from costeer_jax.decoding.sweep import load_sweep_file, parse_assignments
+
+    spec = load_sweep_file(FLAGS.config) if FLAGS.config else {"method": None, "grid": {}, "fixed": {}}
+    where = FLAGS.config or "--method"
+    method = FLAGS.method if FLAGS["method"].present or not spec["method"] else spec["method"]
+    if method is None:
+        raise app.UsageError("pass --method or a --config file naming one")
+    if method not in METHOD_NAMES:
+        raise app.UsageError(f"{where}: unknown method {method!r}; choose one of {', '.join(METHOD_NAMES)}")
+    fixed_hyper = {}
+    for key, value in spec["fixed"].items():
+        if key in DEFAULT_HYPER:
+            fixed_hyper[key] = value  # checked against the method in expand_grid
+        elif key in RUN_OPTIONS:
+            if not FLAGS[key].present and value is not None:
+                try:
+                    FLAGS[key].parse(str(value).lower() if isinstance(value, bool) else str(value))
+                except flags.IllegalFlagValueError as e:
+                    raise app.UsageError(f"{where}: fixed {key}={value!r}: {e}") from None
+        else:
+            raise app.UsageError(f"{where}: unknown 'fixed' key {key!r}; expected a hyperparameter "
+                                 f"({', '.join(DEFAULT_HYPER)}) or a run option ({', '.join(RUN_OPTIONS)})")
+    # The command line wins over the file: a --grid key drops the file's fixed value of that
+    # key, a --fixed key drops the file's grid entry.
+    cli_grid = parse_assignments(FLAGS.grid, "--grid")
+    cli_fixed = parse_assignments(FLAGS.fixed, "--fixed")
+    for key, values in cli_fixed.items():
+        if len(values) != 1:
+            raise app.UsageError(f"--fixed: {key} takes one value, got {len(values)}")
+    grid = {k: v for k, v in spec["grid"].items() if k not in cli_fixed}
+    grid.update(cli_grid)
+    fixed_hyper = {k: v for k, v in fixed_hyper.items() if k not in cli_grid}
+    fixed_hyper.update({k: v[0] for k, v in cli_fixed.items()})
+    return method, grid, fixed_hyper
+
+
+def load_examples():
+    from costeer_jax import data
+
+    if bool(FLAGS.task) == bool(FLAGS.prompts_file):
+        raise app.UsageError("pass exactly one of --task or --prompts_file (or set one in the --config 'fixed')")
+    if FLAGS.prompts_file:
+        examples = data.load_prompts_file(FLAGS.prompts_file)
+        return examples[:FLAGS.limit] if FLAGS.limit else examples
+    return data.load_task(FLAGS.task, FLAGS.data_dir, FLAGS.preference, FLAGS.limit)
+
+
+def load_models(method):
+    """As generate.py: one checkpoint serving several roles is loaded (and run) once."""
+    from costeer_jax.decoding.methods import LLM, SLM, SLM_SFT, STREAMS
+    from costeer_jax.models.loading import load_model
+
+    roles = {STREAMS[s][0] for s in method.streams}
+    specs = {LLM: FLAGS.llm, SLM: FLAGS.slm, SLM_SFT: FLAGS.slm_sft}
+    if SLM_SFT in roles and not FLAGS.slm_sft:
+        raise app.UsageError("--method=proxy_tuning needs --slm_sft (the fine-tuned SLM checkpoint)")
+    loaded, models = {}, {}
+    for role in sorted(roles):
+        spec = specs[role]
+        if spec not in loaded:
+            loaded[spec] = load_model(spec, FLAGS.dtype)
+        models[role] = loaded[spec]
+    return models
+
+
+def main(argv):
+    del argv
+    from costeer_jax.decoding import sweep
+    from costeer_jax.decoding.methods import SPECULATIVE_METHOD_NAMES, SpeculativeOptions, get_method
+    from costeer_jax.decoding.runner import Generator, Sampling
+
+    if not FLAGS.output_dir:
+        raise app.UsageError("--output_dir is required (a folder; one jsonl per configuration)")
+    try:
+        method_name, grid, fixed = resolve_spec()
+        # The grid is checked against the method before any model is loaded.
+        configs = sweep.expand_grid(get_method(method_name), grid, fixed, FLAGS.config or "--grid")
+    except sweep.SweepError as e:
+        raise app.UsageError(str(e)) from None
+    if FLAGS.batch_size < 1 or FLAGS.max_new_tokens < 1:
+        raise app.UsageError("--batch_size and --max_new_tokens must be positive")
+    speculative_options = None
+    if method_name in SPECULATIVE_METHOD_NAMES:
+        if FLAGS.K < 1 or FLAGS.downlink_topk < 0:
+            raise app.UsageError("--K must be >= 1 and --downlink_topk >= 0")
+        speculative_options = SpeculativeOptions(
+            num_draft=FLAGS.K, bonus={"auto": None, "on": True, "off": False}[FLAGS.bonus_token],
+            acceptance=FLAGS.acceptance, downlink_topk=FLAGS.downlink_topk, sd_drafter=FLAGS.sd_drafter)
+    # One program for the whole grid: the FTRL scan runs to the largest T, masked per row.
+    method = get_method(method_name, max_T=sweep.max_T(configs), speculative=speculative_options)
+    examples = load_examples()
+    t0 = time.perf_counter()
+    models = load_models(method)
+    load_seconds = time.perf_counter() - t0
+    generator = Generator(
+        method, models, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
+        sampling=Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed))
+    static_config = {}
+    if generator.spec is not None:  # as generate.py records them
+        static_config.update(K=generator.spec.num_draft, bonus_token=generator.spec.bonus,
+                             threshold_acceptance=generator.spec.threshold_acceptance,
+                             downlink_topk=generator.spec.downlink_topk)
+        if method_name == "sd":
+            static_config["sd_drafter"] = FLAGS.sd_drafter
+    try:
+        figures = sweep.run_sweep(generator, examples, configs, FLAGS.output_dir, progress=FLAGS.progress,
+                                  static_config=static_config)
+    except sweep.SweepError as e:
+        raise app.UsageError(str(e)) from None
+    summary = {"method": method_name, "llm": FLAGS.llm, "slm": FLAGS.slm, "batch_size": FLAGS.batch_size,
+               "max_new_tokens": FLAGS.max_new_tokens, "output_dir": FLAGS.output_dir,
+               "load_seconds": round(load_seconds, 3), **figures.as_dict(),
+               "grid": {k: list(dict.fromkeys(dict(c.point)[k] for c in configs)) for k in grid},
+               "fixed": {k: v for k, v in configs[0].hyper.items() if k not in grid}}
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)
