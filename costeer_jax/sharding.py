@@ -150,8 +150,8 @@ PARAM_LOGICAL_AXES: dict[str, tuple[str, ...]] = {
 TIED_EMBED_LOGICAL_AXES = ("vocab", "embed")  # a tied embedding is also the output head
 
 CACHE_LOGICAL_AXES = KVCache(
-    keys=("layers", "batch", "cache_len", "kv_heads", "head_dim"),
-    values=("layers", "batch", "cache_len", "kv_heads", "head_dim"),
+    keys=("layers", "batch", "kv_heads", "cache_len", "head_dim"),
+    values=("layers", "batch", "kv_heads", "cache_len", "head_dim"),
     lengths=("batch",),
 )
 

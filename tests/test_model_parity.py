@@ -133,3 +133,23 @@ def test_clear_errors(tmp_path):
 
     with pytest.raises(UnsupportedArchitectureError, match="gpt2"):
         loading.load_config(loading.resolve_model(str(tmp_path)))
+
+
+def test_chunked_prefill_equals_one_pass(tiny_checkpoints):
+    """Prompts longer than the chunk are prefilled chunk by chunk with the same logits and cache."""
+    m = loading.load_model(str(tiny_checkpoints["qwen3"]))
+    rows = prompts(m.cfg.vocab_size, [37, 5, 64], seed=3)
+    tokens = np.zeros((3, 64), np.int32)
+    for b, r in enumerate(rows):
+        tokens[b, :len(r)] = r
+    lengths = jnp.asarray([len(r) for r in rows], jnp.int32)
+    results = []
+    for chunk in (512, 16):
+        cache = kv.init_cache(m.cfg, 3, 80)
+        logits, cache = decoder.prefill_logits(m.params, m.cfg, jnp.asarray(tokens), lengths, cache, chunk=chunk)
+        step, cache = decoder.decode_step_logits(m.params, m.cfg, jnp.asarray([1, 2, 3], jnp.int32), cache)
+        results.append((np.asarray(logits), np.asarray(step), np.asarray(cache.lengths)))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-5)
+    np.testing.assert_array_equal(results[0][2], [38, 6, 65])
+    np.testing.assert_array_equal(results[1][2], [38, 6, 65])

@@ -272,6 +272,13 @@ def test_specsteer_lambda_limits(tiny):
                        [tiny["cfg"]], {"slm_w": PERSONAL})
     assert outputs(all_pass) == slm_w
     assert np.all(all_pass.stats["accepted_tokens"] == MAX_NEW) and np.all(all_pass.stats["llm_calls"] == MAX_NEW // 4)
+    # Runs are [0..3], [4..7], ...: EOS at positions 1 and 6 sits inside an accepted run, which
+    # must be cut right after it.
+    eos = jnp.asarray([slm_w[0][1], slm_w[2][6]], jnp.int32)
+    cut = run_spec(spec, tiny["llm"], tiny["related"], prompts, hyper=spec_hyper(4, 0.0), eos_ids=eos, **common)
+    expected = run_engine(functools.partial(_plain_policy, "slm_w"), (("slm_w",),), [tiny["related"]],
+                          [tiny["cfg"]], {"slm_w": PERSONAL}, eos_ids=eos)
+    assert outputs(cut) == expected and len(expected[0]) == 2 and len(expected[2]) <= 7
 
     beta = 1.5
     none_pass = run_spec(spec, tiny["llm"], tiny["related"], prompts, hyper=spec_hyper(4, np.inf, beta), **common)
@@ -487,24 +494,11 @@ def test_smollm2_specsteer_one_checkpoint_accepts_every_draft():
     assert stats["accepted_tokens"] == stats["drafted_tokens"]
 
 
-def test_runner_rows_figures_and_cli(tiny_chat_models, tmp_path):
-    """Generator rows carry the per-example figures; the CLI's JSON line the run's."""
+def test_cli_specsteer_rows_and_figures(tiny_chat_models, tmp_path):
+    """experiments/generate.py --method=specsteer on tiny chat models: the flags reach the kernel,
+    rows carry the per-example figures, the JSON line the run's."""
     import subprocess
     import sys
-
-    from costeer_jax.decoding.runner import RunFigures
-
-    models = {methods.LLM: load_model(str(tiny_chat_models["llm"])),
-              methods.SLM: load_model(str(tiny_chat_models["slm"]))}
-    llm_rows, _ = generate("llm_wo", models, 6)
-    sd_rows, stats = generate("sd", models, 6, options=methods.SpeculativeOptions(num_draft=2, sd_drafter="slm_wo"))
-    for ex in EXAMPLES:
-        row = sd_rows[ex.id]
-        assert row["token_ids"] == llm_rows[ex.id]["token_ids"]
-        for key in ("acceptance_rate", "mean_accepted_length", "llm_calls", "uplink_bytes", "downlink_bytes"):
-            assert key in row
-    figures = RunFigures(examples=3, tokens=sum(len(r["token_ids"]) for r in sd_rows.values()), stats=stats).as_dict()
-    assert figures["llm_calls_per_token"] == round(stats["llm_calls"] / figures["tokens"], 4)
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": e.id, "input": e.query, "personalized_input": e.personalized_query})
@@ -514,14 +508,22 @@ def test_runner_rows_figures_and_cli(tiny_chat_models, tmp_path):
         [sys.executable, str(REPO_ROOT / "experiments" / "generate.py"), "--method=specsteer",
          f"--llm={tiny_chat_models['llm']}", f"--slm={tiny_chat_models['slm']}", f"--prompts_file={prompts}",
          f"--output={out}", "--max_new_tokens=5", "--batch_size=3", "--K=3", "--spec_lambda=0.3",
-         "--downlink_topk=16", "--progress=false"],
+         "--downlink_topk=16", "--bonus_token=on", "--progress=false"],
         capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads(r.stdout.strip().splitlines()[-1])
-    for key in ("acceptance_rate", "mean_accepted_length", "llm_calls_per_token", "uplink_bytes_per_token",
-                "downlink_bytes_per_token"):
-        assert key in summary
     assert summary["K"] == 3 and summary["spec_lambda"] == 0.3 and summary["downlink_topk"] == 16
+    assert summary["bonus_token"] is True and summary["threshold_acceptance"] is True
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {row["id"] for row in rows} == {"a", "b", "c"}
-    assert all(row["method"] == "specsteer" and row["config"]["K"] == 3 for row in rows)
+    total = lambda key: sum(row[key] for row in rows)
+    assert summary["llm_calls"] == total("llm_calls") and summary["tokens"] == sum(len(row["token_ids"]) for row in rows)
+    assert summary["llm_calls_per_token"] == round(total("llm_calls") / summary["tokens"], 4)
+    assert summary["acceptance_rate"] == round(total("accepted_tokens") / total("drafted_tokens"), 4)
+    assert summary["mean_accepted_length"] == round(1 + total("accepted_tokens") / total("llm_calls"), 4)
+    assert summary["uplink_bytes_per_token"] == round(total("uplink_bytes") / summary["tokens"], 2)
+    for row in rows:
+        assert row["method"] == "specsteer" and row["config"]["K"] == 3 and row["config"]["spec_beta"] == 1.0
+        assert row["acceptance_rate"] == round(row["accepted_tokens"] / row["drafted_tokens"], 4)
+        assert row["uplink_bytes"] == row["llm_calls"] * 3 * 2  # 3 drafts of 2-byte ids per call
+        assert row["downlink_bytes"] == row["llm_calls"] + (row["recovered_tokens"] + row["bonus_tokens"]) * 16 * 6

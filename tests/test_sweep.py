@@ -162,8 +162,6 @@ def test_cli_sweep_then_evaluate_table_and_plots(tiny_chat_models, tmp_path):
 
     bad = cli("sweep.py", *common, "--grid=gamma=1,2")
     assert bad.returncode != 0 and "unknown hyperparameter 'gamma' for method costeer" in bad.stderr
-    bad = cli("sweep.py", *common, "--grid=beta=0.5,x")
-    assert bad.returncode != 0 and "beta='x' is not a number" in bad.stderr
 
     from costeer_jax.eval.evaluation import expand_paths
     assert expand_paths([str(out)]) == expand_paths([f"{out}/*.jsonl"]) and len(expand_paths([str(out)])) == 4

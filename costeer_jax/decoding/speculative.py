@@ -423,7 +423,7 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
         full = n_acc == k
         n_new = jnp.where(full & (not spec.bonus), k, n_acc + 1)
         is_eos = jnp.isin(run, eos_ids) & (slots < n_new[:, None])
-        pass
+        n_new = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, n_new)
         n_new = jnp.minimum(n_new, max_new_tokens - c.num_tokens)
         finite_now = _all_finite(llm_logits) & _all_finite(drafter_logits)
         if separate_slm_wo:

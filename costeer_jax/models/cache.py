@@ -18,13 +18,15 @@ from costeer_jax.models.config import DecoderConfig
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    keys: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
-    values: jax.Array  # [layers, batch, max_len, kv_heads, head_dim]
+    # [layers, batch, kv_heads, max_len, head_dim]: the score and value dots contract/batch over
+    # (batch, kv_head) with slots contiguous, so attention reads the cache without transposing it.
+    keys: jax.Array
+    values: jax.Array
     lengths: jax.Array  # [batch] int32: number of valid slots per row
 
     @property
     def max_len(self) -> int:
-        return self.keys.shape[2]
+        return self.keys.shape[3]
 
     @property
     def batch_size(self) -> int:
@@ -32,7 +34,7 @@ class KVCache:
 
 
 def init_cache(cfg: DecoderConfig, batch_size: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    shape = (cfg.num_layers, batch_size, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch_size, cfg.num_kv_heads, max_len, cfg.head_dim)
     return KVCache(keys=jnp.zeros(shape, dtype), values=jnp.zeros(shape, dtype),
                    lengths=jnp.zeros((batch_size,), jnp.int32))
 

@@ -35,16 +35,16 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 
 
 def _attention(q, keys, values, positions, cfg: DecoderConfig):
-    """q [B,S,H,hd]; keys/values [B,T,K,hd]; a query at position p sees slots t <= p."""
+    """q [B,S,H,hd]; keys/values [B,K,T,hd]; a query at position p sees slots t <= p."""
     b, s, _, hd = q.shape
     q = q.reshape(b, s, cfg.num_kv_heads, cfg.group_size, hd)
-    scores = jnp.einsum("bskgd,btkd->bkgst", q, keys, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bskgd,bktd->bkgst", q, keys, preferred_element_type=jnp.float32)
     scores = scores * (hd ** -0.5)
-    slots = jnp.arange(keys.shape[1], dtype=jnp.int32)
+    slots = jnp.arange(keys.shape[2], dtype=jnp.int32)
     visible = slots[None, None, :] <= positions[:, :, None]  # [B, S, T]
     scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-    out = jnp.einsum("bkgst,btkd->bskgd", probs, values, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkgst,bktd->bskgd", probs, values, preferred_element_type=jnp.float32)
     return out.reshape(b, s, cfg.num_heads * hd).astype(q.dtype)
 
 
@@ -63,7 +63,8 @@ def forward(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: ja
     x = params["embed"][tokens].astype(dtype)
     cos, sin = rope_tables(jnp.asarray(inverse_frequencies(cfg)), positions)
     write_slots = jnp.where(valid, positions, cache.max_len)  # out of range -> dropped
-    rows = jnp.arange(b)[:, None]
+    rows, heads = jnp.arange(b)[:, None, None], jnp.arange(cfg.num_kv_heads)[None, :, None]
+    slots = write_slots[:, None, :]
     h_q, h_kv, hd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.head_dim
 
     def layer(carry, xs):
@@ -80,8 +81,9 @@ def forward(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: ja
             q = rms_norm(q, w["q_norm"], cfg.rms_norm_eps)
             k = rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        layer_keys = keys[idx].at[rows, write_slots].set(k.astype(keys.dtype), mode="drop")
-        layer_values = values[idx].at[rows, write_slots].set(v.astype(values.dtype), mode="drop")
+        k, v = (t.transpose(0, 2, 1, 3).astype(keys.dtype) for t in (k, v))  # [B, K, S, hd]
+        layer_keys = keys[idx].at[rows, heads, slots].set(k, mode="drop")
+        layer_values = values[idx].at[rows, heads, slots].set(v, mode="drop")
         keys = jax.lax.dynamic_update_index_in_dim(keys, layer_keys, idx, 0)
         values = jax.lax.dynamic_update_index_in_dim(values, layer_values, idx, 0)
         attn = _attention(q, layer_keys, layer_values, positions, cfg)
@@ -111,13 +113,38 @@ def append_positions(cache: KVCache, valid: jax.Array) -> jax.Array:
     return cache.lengths[:, None] + jnp.cumsum(valid.astype(jnp.int32), axis=1) - 1
 
 
+PREFILL_CHUNK = 512
+
+
 def prefill_logits(params: Params, cfg: DecoderConfig, tokens: jax.Array, prompt_lengths: jax.Array,
-            cache: KVCache):
-    """Right-padded prompts [B, S] with lengths [B] appended to the cache; next-token logits [B, V]."""
-    valid = jnp.arange(tokens.shape[1])[None, :] < prompt_lengths[:, None]
-    positions = append_positions(cache, valid)
-    last = jnp.maximum(prompt_lengths - 1, 0)
-    return forward(params, cfg, tokens, positions, valid, cache, logits_index=last)
+                   cache: KVCache, chunk: int = PREFILL_CHUNK):
+    """Right-padded prompts [B, S] with lengths [B] appended to the cache; next-token logits [B, V].
+
+    Long prompts are processed in chunks (a `lax.scan`): each chunk attends to the cache written by
+    the earlier ones, so the result is exact, while the [S, T] score matrices stay chunk-sized
+    instead of quadratic in the prompt (a 3.6k-token LongLaMP prompt would need ~1 GB per layer).
+    """
+    b, s = tokens.shape
+    n_chunks = -(-s // chunk)
+    size = -(-s // n_chunks)
+    size = -(-size // 8) * 8
+    tokens = jnp.pad(tokens, ((0, 0), (0, n_chunks * size - s)))
+    last = prompt_lengths - 1
+
+    def one_chunk(carry, xs):
+        cache, logits = carry
+        chunk_tokens, start = xs
+        valid = (start + jnp.arange(size))[None, :] < prompt_lengths[:, None]
+        positions = append_positions(cache, valid)
+        index = jnp.clip(last - start, 0, size - 1)
+        chunk_logits, cache = forward(params, cfg, chunk_tokens, positions, valid, cache, logits_index=index)
+        here = ((last >= start) & (last < start + size))[:, None]
+        return (cache, jnp.where(here, chunk_logits, logits)), None
+
+    init_logits = jnp.zeros((b, cfg.vocab_size), jnp.float32)
+    xs = (tokens.reshape(b, n_chunks, size).transpose(1, 0, 2), jnp.arange(n_chunks) * size)
+    (cache, logits), _ = jax.lax.scan(one_chunk, (cache, init_logits), xs)
+    return logits, cache
 
 
 def decode_step_logits(params: Params, cfg: DecoderConfig, tokens: jax.Array, cache: KVCache):

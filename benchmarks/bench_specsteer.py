@@ -1,0 +1,168 @@
+"""Wall-clock speedup of SpecSteer and speculative decoding (sd) over plain LLM decoding.
+
+Two pairings, each timed against plain greedy LLM decoding (llm_wo) in the same process:
+
+* smollm2: SmolLM2-135M-Instruct as both LLM and drafter (the only real offline weights). The
+  drafter reads query + private context, the LLM the query. A drafter as large as the LLM cannot
+  make decoding faster; this measures the kernel's overhead and acceptance on real text.
+  (SpecSteer with one checkpoint is degenerate: SLM- *is* the LLM, every draft passes.)
+* random_llm: a larger random-weight Llama-style LLM on SmolLM2's vocabulary and tokenizer,
+  drafted for by SmolLM2. Its acceptance has no meaning of its own, so SpecSteer's lambda is swept
+  to set it, which gives speedup as a function of measured acceptance; sd (acceptance ~0 against
+  random weights) is the no-acceptance end.
+
+  python benchmarks/bench_specsteer.py --Ks=2,4,8 --max_new_tokens=32 --output=bench_specsteer.json
+
+Prints a markdown table and, last, one JSON line with every row. Times exclude compilation
+(reported separately) and model loading; each configuration decodes the same examples once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from absl import app, flags
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("parts", ["smollm2", "random_llm"], "Which pairings to time.")
+flags.DEFINE_string("task", "cogenesis", "Prompts: a task with a private context (query vs personalized query).")
+flags.DEFINE_integer("limit", 4, "Examples (decoded as one batch when limit <= batch_size).")
+flags.DEFINE_integer("batch_size", 4, "Rows per batch.")
+flags.DEFINE_integer("max_new_tokens", 32, "Tokens per example.")
+flags.DEFINE_list("Ks", ["2", "4", "8"], "Draft lengths.")
+flags.DEFINE_list("smol_lambdas", ["0.5"], "SpecSteer lambdas for the smollm2 pairing.")
+flags.DEFINE_list("big_lambdas", ["1e-6", "1e-4", "1e-3"], "SpecSteer lambdas for the random LLM (sets acceptance).")
+flags.DEFINE_list("big_sd_Ks", ["4"], "Draft lengths for sd against the random LLM (acceptance ~0: slow).")
+flags.DEFINE_integer("big_hidden", 2048, "Random LLM hidden size.")
+flags.DEFINE_integer("big_layers", 16, "Random LLM layers.")
+flags.DEFINE_integer("big_heads", 16, "Random LLM attention heads.")
+flags.DEFINE_integer("big_kv_heads", 4, "Random LLM KV heads.")
+flags.DEFINE_integer("big_intermediate", 5632, "Random LLM MLP width.")
+flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
+
+
+def random_llm(like, hidden, layers, heads, kv_heads, intermediate, seed=0):
+    """A random-weight Llama-style model on `like`'s vocabulary and tokenizer (fp32)."""
+    import jax
+    import jax.numpy as jnp
+
+    from costeer_jax.models.config import DecoderConfig
+    from costeer_jax.models.loading import LoadedModel
+
+    head_dim = hidden // heads
+    vocab = like.cfg.vocab_size
+    cfg = DecoderConfig(arch="llama", vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
+                        num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+                        rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True, qkv_bias=False,
+                        qk_norm=False, max_position_embeddings=like.cfg.max_position_embeddings)
+    keys = jax.random.split(jax.random.key(seed), 5)
+    normal = lambda key, shape: 0.02 * jax.random.normal(key, shape, jnp.float32)
+    params = {
+        "embed": normal(keys[0], (vocab, hidden)), "final_norm": jnp.ones((hidden,), jnp.float32),
+        "layers": {
+            "attn_norm": jnp.ones((layers, hidden), jnp.float32),
+            "qkv": normal(keys[1], (layers, hidden, (heads + 2 * kv_heads) * head_dim)),
+            "o": normal(keys[2], (layers, heads * head_dim, hidden)),
+            "mlp_norm": jnp.ones((layers, hidden), jnp.float32),
+            "gate_up": normal(keys[3], (layers, hidden, 2 * intermediate)),
+            "down": normal(keys[4], (layers, intermediate, hidden))}}
+    return LoadedModel(f"random-llama-{hidden}x{layers}", cfg, params, like.tokenizer, like.generation_eos)
+
+
+def time_method(pairing, method_name, models, examples, *, options=None, hyper=None):
+    from costeer_jax.decoding.methods import get_method
+    from costeer_jax.decoding.runner import Generator, RunFigures
+
+    generator = Generator(get_method(method_name, speculative=options), models,
+                          max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size, hyper=hyper or {})
+    figures, token_ids = RunFigures(), {}
+    t0 = time.perf_counter()
+    for start in range(0, len(examples), FLAGS.batch_size):
+        rows, stats = generator.run_batch(examples[start:start + FLAGS.batch_size])
+        figures.examples += len(rows)
+        figures.tokens += sum(len(r["token_ids"]) for r in rows)
+        token_ids.update({r["id"]: r["token_ids"] for r in rows})
+        for k, v in stats.items():
+            figures.stats[k] = figures.stats.get(k, 0) + v
+    figures.compile_seconds = generator.compile_seconds
+    figures.generate_seconds = time.perf_counter() - t0 - generator.compile_seconds
+    out = figures.as_dict()
+    row = {"pairing": pairing, "method": method_name,
+           "K": options.num_draft if options else None, "lambda": (hyper or {}).get("spec_lambda"),
+           "tokens": out["tokens"], "seconds": out["generate_seconds"], "tokens_per_s": out["tokens_per_s"],
+           "compile_seconds": out["compile_seconds"]}
+    for key in ("acceptance_rate", "mean_accepted_length", "llm_calls_per_token", "uplink_bytes_per_token",
+                "downlink_bytes_per_token"):
+        if key in out:
+            row[key] = out[key]
+    print(f"  {pairing} {method_name} K={row['K']} lambda={row['lambda']}: {row['tokens_per_s']} tok/s, "
+          f"acceptance {row.get('acceptance_rate', '-')}", file=sys.stderr, flush=True)
+    return row, token_ids
+
+
+def run_pairing(pairing, models, examples, lambdas, sd_ks):
+    from costeer_jax.decoding.methods import SpeculativeOptions
+
+    base, base_ids = time_method(pairing, "llm_wo", models, examples)
+    base["speedup"] = 1.0
+    rows = [base]
+    for k in (int(x) for x in FLAGS.Ks):
+        if k in sd_ks:
+            row, ids = time_method(pairing, "sd", models, examples, options=SpeculativeOptions(num_draft=k))
+            row["identical_to_llm"] = ids == base_ids  # greedy sd must reproduce llm_wo exactly
+            rows.append(row)
+        for lam in lambdas:
+            row, _ = time_method(pairing, "specsteer", models, examples, options=SpeculativeOptions(num_draft=k),
+                                 hyper={"spec_lambda": lam})
+            rows.append(row)
+    for row in rows[1:]:
+        row["speedup"] = round(row["tokens_per_s"] / base["tokens_per_s"], 3)
+    return rows
+
+
+def markdown(rows):
+    cols = ["pairing", "method", "K", "lambda", "tokens", "seconds", "tokens_per_s", "speedup", "acceptance_rate",
+            "mean_accepted_length", "llm_calls_per_token", "identical_to_llm"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append("| " + " | ".join("" if row.get(c) is None else str(row[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    from costeer_jax import data
+    from costeer_jax.decoding.methods import LLM, SLM
+    from costeer_jax.models.loading import load_model
+
+    examples = data.load_task(FLAGS.task, None, None, FLAGS.limit)
+    load_before = os.getloadavg()
+    smol = load_model("smollm2-135m-instruct")
+    rows = []
+    if "smollm2" in FLAGS.parts:
+        rows += run_pairing("smollm2", {LLM: smol, SLM: smol}, examples, [float(x) for x in FLAGS.smol_lambdas],
+                            [int(x) for x in FLAGS.Ks])
+    if "random_llm" in FLAGS.parts:
+        big = random_llm(smol, FLAGS.big_hidden, FLAGS.big_layers, FLAGS.big_heads, FLAGS.big_kv_heads,
+                         FLAGS.big_intermediate)
+        rows += run_pairing(big.name, {LLM: big, SLM: smol}, examples, [float(x) for x in FLAGS.big_lambdas],
+                            [int(x) for x in FLAGS.big_sd_Ks])
+    summary = {"task": FLAGS.task, "examples": len(examples), "batch_size": FLAGS.batch_size,
+               "max_new_tokens": FLAGS.max_new_tokens, "cpu_count": os.cpu_count(),
+               "loadavg_before": [round(x, 2) for x in load_before],
+               "loadavg_after": [round(x, 2) for x in os.getloadavg()], "rows": rows}
+    print(markdown(rows))
+    if FLAGS.output:
+        Path(FLAGS.output).write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    app.run(main)
