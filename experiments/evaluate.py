@@ -81,4 +81,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from costeer_jax.cli import run
+
+    run(main)
