@@ -113,7 +113,7 @@ def test_indivisible_units_fall_back_to_replication_with_a_note():
     assert cache.keys == P(None, "data", None, None, None)  # 2 kv heads do not split in 4
     assert cache.lengths == P("data")
     cache = cache_partition_specs(_cfg(), {"data": 2, "model": 4}, batch_size=8)
-    assert cache.keys == P(None, "data", None, "model", None)
+    assert cache.keys == P(None, "data", "model", None, None)
 
 
 def test_batch_that_does_not_split_over_data_is_an_error_naming_the_fix():
@@ -164,8 +164,8 @@ def test_shardings_really_split_the_arrays(eight_device_results):
     assert wide["qkv_local_shape"][-1] == full_columns // 4  # each device holds a quarter
     assert wide["gate_up_local_shape"][-1] == 2 * 48 // 4
     assert wide["o_local_shape"][1] == 8 * 4 // 4
-    assert wide["cache_keys_spec"] == [None, "data", None, "model", None]
-    assert wide["cache_local_shape"] == [2, 8 // 2, 16, 4 // 4, 4]
+    assert wide["cache_keys_spec"] == [None, "data", "model", None, None]
+    assert wide["cache_local_shape"] == [2, 8 // 2, 4 // 4, 16, 4]
     assert wide["notes"] == []
     data8 = eight_device_results["forward"]["qwen2_8h"]["data:8"]
     assert data8["cache_local_shape"][1] == 1  # one of 8 rows per device
@@ -187,7 +187,7 @@ def test_sharded_greedy_decode_gives_identical_tokens(eight_device_results):
 
 def test_constrain_cache_pins_a_cache_built_inside_jit(eight_device_results):
     pinned = eight_device_results["constrain_cache"]
-    assert pinned["with_mesh"] == [None, "data", None, "model", None]
+    assert pinned["with_mesh"] == [None, "data", "model", None, None]
     assert pinned["without_mesh"] == "single-device"
 
 
