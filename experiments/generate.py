@@ -2,10 +2,13 @@
 
   python experiments/generate.py --method=costeer --task=helpsteer --preference=concise \
       --limit=8 --batch_size=8 --max_new_tokens=64 --output=outputs/helpsteer_concise_costeer.jsonl
+  python experiments/generate.py --method=specsteer --K=4 --spec_lambda=0.5 --spec_beta=1.0 \
+      --task=cogenesis --limit=8 --output=outputs/cogenesis_specsteer.jsonl
 
 Defaults to the embedded SmolLM2-135M-Instruct as both LLM and SLM. The output is resumable:
 rerunning with the same --output skips ids already written. The last stdout line is one JSON
-object of run figures.
+object of run figures (for specsteer/sd also the acceptance rate, mean accepted length, LLM
+forward calls and link bytes per generated token).
 """
 from __future__ import annotations
 
@@ -63,6 +66,9 @@ flags.DEFINE_enum("bonus_token", "auto", ["auto", "on", "off"],
                   "as Algorithm 1, on for sd).")
 flags.DEFINE_enum("sd_drafter", "slm_w", ["slm_w", "slm_wo"], "sd: draft with SLM+ (private context) or SLM-.")
 flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
+flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:8 or data:2,model:4 (default: one device).")
+flags.DEFINE_bool("multihost", None, "Call jax.distributed.initialize() (default: detect a TPU slice).")
+flags.DEFINE_string("params_cache", None, "Folder for converted params (orbax); restarts skip conversion.")
 
 
 def load_examples():
@@ -76,9 +82,9 @@ def load_examples():
     return data.load_task(FLAGS.task, FLAGS.data_dir, FLAGS.preference, FLAGS.limit)
 
 
-def load_models(method):
+def load_models(method, mesh=None):
     from costeer_jax.decoding.methods import LLM, SLM, SLM_SFT, STREAMS
-    from costeer_jax.models.loading import load_model
+    from costeer_jax.models.params_cache import load_model_cached
 
     roles = {STREAMS[s][0] for s in method.streams}
     specs = {LLM: FLAGS.llm, SLM: FLAGS.slm, SLM_SFT: FLAGS.slm_sft}
@@ -88,7 +94,12 @@ def load_models(method):
     for role in sorted(roles):
         spec = specs[role]
         if spec not in loaded:  # one checkpoint serving several roles is loaded (and run) once
-            loaded[spec] = load_model(spec, FLAGS.dtype)
+            loaded[spec] = load_model_cached(spec, FLAGS.dtype, FLAGS.params_cache, mesh=mesh)
+            if mesh is not None:
+                from costeer_jax import sharding
+
+                for note in sharding.sharding_notes(loaded[spec].params, loaded[spec].cfg, mesh, FLAGS.batch_size):
+                    print(f"sharding: {spec}: {note}", file=sys.stderr)
         models[role] = loaded[spec]
     return models
 
@@ -102,7 +113,17 @@ def main(argv):
         raise app.UsageError("--output is required (a jsonl path)")
     if FLAGS.batch_size < 1 or FLAGS.max_new_tokens < 1:
         raise app.UsageError("--batch_size and --max_new_tokens must be positive")
+    from costeer_jax import distributed, sharding
+
+    distributed.maybe_initialize_distributed(FLAGS.multihost)
+    process_index, process_count = distributed.process_coordinates()
+    mesh = sharding.make_mesh(FLAGS.mesh) if FLAGS.mesh else None
+    if mesh is not None:
+        sharding.check_batch_divisible(FLAGS.batch_size, mesh)
     examples = load_examples()
+    if process_count > 1:  # each host decodes its own share into its own resumable file
+        examples = distributed.host_shard(examples, process_index, process_count)
+    output = distributed.shard_output_path(FLAGS.output, process_index, process_count)
     speculative_options = None
     if FLAGS.method in SPECULATIVE_METHOD_NAMES:
         if FLAGS.K < 1 or FLAGS.downlink_topk < 0:
@@ -112,12 +133,13 @@ def main(argv):
             acceptance=FLAGS.acceptance, downlink_topk=FLAGS.downlink_topk, sd_drafter=FLAGS.sd_drafter)
     method = get_method(FLAGS.method, max_T=max(FLAGS.T, 1), speculative=speculative_options)
     t0 = time.perf_counter()
-    models = load_models(method)
+    models = load_models(method, mesh)
     load_seconds = time.perf_counter() - t0
     hyper = {k: getattr(FLAGS, k) for k in method.hyper_keys}
     generator = Generator(
         method, models, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
-        sampling=Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed), hyper=hyper)
+        sampling=Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed), hyper=hyper,
+        mesh=mesh)
     config = dict(hyper)
     if generator.spec is not None:
         config.update(K=generator.spec.num_draft, bonus_token=generator.spec.bonus,
@@ -126,13 +148,17 @@ def main(argv):
         if FLAGS.method == "sd":
             config["sd_drafter"] = FLAGS.sd_drafter
     extra = {"config": config} if config else None
-    figures = generate_to_file(generator, examples, Path(FLAGS.output), progress=FLAGS.progress,
+    figures = generate_to_file(generator, examples, Path(output), progress=FLAGS.progress,
                                extra_fields=extra)
     summary = {"method": FLAGS.method, "llm": FLAGS.llm, "slm": FLAGS.slm,
                "batch_size": FLAGS.batch_size, "max_new_tokens": FLAGS.max_new_tokens,
-               "load_seconds": round(load_seconds, 3), **figures.as_dict(), **config}
+               "load_seconds": round(load_seconds, 3), **figures.as_dict(), **config,
+               "mesh": FLAGS.mesh, "process_index": process_index, "process_count": process_count,
+               "output": str(output)}
     print(json.dumps(summary))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from costeer_jax.cli import run
+
+    run(main)

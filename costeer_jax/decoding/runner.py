@@ -90,8 +90,10 @@ class Generator:
     """Runs one method over examples; reusable across calls (compiled programs are cached)."""
 
     def __init__(self, method: Method, models: dict[str, LoadedModel], *, max_new_tokens: int,
-                 batch_size: int, sampling: Sampling = Sampling(), hyper: dict | None = None):
+                 batch_size: int, sampling: Sampling = Sampling(), hyper: dict | None = None,
+                 mesh=None):
         self.method, self.models = method, models
+        self.mesh = mesh  # a jax.sharding.Mesh: batch rows go on its 'data' axis
         self.max_new_tokens, self.batch_size, self.sampling = max_new_tokens, batch_size, sampling
         self.hyper = hyper or {}
         self.layout, self.group_models = build_layout(method, models)
@@ -154,46 +156,49 @@ class Generator:
         s = self.sampling
         if self.spec is not None:
             return self._run_speculative(examples, padded, prompts, hyper, width)
-        args = (
-            tuple(m.params for m in self.group_models), prompts,
-            self.method.init_state(len(padded)), hyper,
-            jnp.stack([row_key(s.seed, str(e.id)) for e in padded]),
-            jnp.asarray(self.eos_ids, jnp.int32),
-            jnp.full((len(padded),), s.temperature, jnp.float32),
-            jnp.full((len(padded),), s.top_p, jnp.float32))
+        params = (tuple(m.params for m in self.group_models),)
+        args = (prompts, self.method.init_state(len(padded)), hyper, *self._sampling_args(padded))
         static = dict(
             cfgs=tuple(m.cfg for m in self.group_models), layout=self.layout, policy=self.method.policy,
             gate=steering_active if any(self.layout.gated) else None,
             max_new_tokens=self.max_new_tokens, vocab_limit=self.vocab_limit, greedy=s.greedy,
             cache_len=round_up(width + self.max_new_tokens, 16))
-        signature = (width, static["cache_len"])
+        result = self._compile_and_run(engine.decode, params, args, static, (width, static["cache_len"]))
+        return self._rows(examples, result)
+
+    def _sampling_args(self, padded: list) -> tuple:
+        s = self.sampling
+        return (jnp.stack([row_key(s.seed, str(e.id)) for e in padded]),
+                jnp.asarray(self.eos_ids, jnp.int32),
+                jnp.full((len(padded),), s.temperature, jnp.float32),
+                jnp.full((len(padded),), s.top_p, jnp.float32))
+
+    def _compile_and_run(self, kernel, params: tuple, args: tuple, static: dict, signature):
+        """AOT-compiles once per shape signature (that time is `compile_seconds`) and runs.
+        Under a mesh, per-row inputs are placed batch-sharded on 'data'; params are already
+        placed (sharded at load time) and the program propagates their shardings."""
+        if self.mesh is not None:
+            from costeer_jax import sharding
+
+            args = sharding.shard_batch(args, self.mesh, self.batch_size)
         if signature not in self._compiled:
             t0 = time.perf_counter()
-            self._compiled[signature] = engine.decode.lower(*args, **static).compile()
+            self._compiled[signature] = kernel.lower(*params, *args, **static).compile()
             self.compile_seconds += time.perf_counter() - t0
-        result = jax.device_get(self._compiled[signature](*args))
-        return self._rows(examples, result)
+        return jax.device_get(self._compiled[signature](*params, *args))
 
     def _run_speculative(self, examples, padded, prompts, hyper, width):
         """specsteer / sd: the Draft-Verify kernel instead of the token loop, same row format."""
         s = self.sampling
         llm, slm = self.models[LLM], self.models[SLM]
-        args = (
-            llm.params, slm.params, {k: prompts[v] for k, v in self.spec_streams.items()}, hyper,
-            jnp.stack([row_key(s.seed, str(e.id)) for e in padded]),
-            jnp.asarray(self.eos_ids, jnp.int32),
-            jnp.full((len(padded),), s.temperature, jnp.float32),
-            jnp.full((len(padded),), s.top_p, jnp.float32))
+        params = (llm.params, slm.params)
+        args = ({k: prompts[v] for k, v in self.spec_streams.items()}, hyper, *self._sampling_args(padded))
         static = dict(
             cfg_llm=llm.cfg, cfg_slm=slm.cfg, spec=self.spec, max_new_tokens=self.max_new_tokens,
             vocab_limit=self.vocab_limit, greedy=s.greedy,
             cache_len=speculative.cache_len_for(width, self.max_new_tokens, self.spec.num_draft))
-        signature = ("speculative", width, static["cache_len"])
-        if signature not in self._compiled:
-            t0 = time.perf_counter()
-            self._compiled[signature] = speculative.decode.lower(*args, **static).compile()
-            self.compile_seconds += time.perf_counter() - t0
-        result = jax.device_get(self._compiled[signature](*args))
+        result = self._compile_and_run(speculative.decode, params, args, static,
+                                       ("speculative", width, static["cache_len"]))
         rows, stats = self._rows(examples, result)
         for row in rows:
             row.update(speculative.stats_summary(row, len(row["token_ids"])))
