@@ -25,6 +25,7 @@ if str(REPO_ROOT) not in sys.path:  # runnable as a script from a checkout
 
 from costeer_jax.decoding.methods import DEFAULT_HYPER, METHOD_NAMES  # noqa: E402
 from costeer_jax.models.loading import DEFAULT_MODEL  # noqa: E402
+from experiments import run_setup  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("method", "llm_wo", METHOD_NAMES, "Decoding method.")
@@ -71,42 +72,9 @@ flags.DEFINE_bool("multihost", None, "Call jax.distributed.initialize() (default
 flags.DEFINE_string("params_cache", None, "Folder for converted params (orbax); restarts skip conversion.")
 
 
-def load_examples():
-    from costeer_jax import data
-
-    if bool(FLAGS.task) == bool(FLAGS.prompts_file):
-        raise app.UsageError("pass exactly one of --task or --prompts_file")
-    if FLAGS.prompts_file:
-        examples = data.load_prompts_file(FLAGS.prompts_file)
-        return examples[:FLAGS.limit] if FLAGS.limit else examples
-    return data.load_task(FLAGS.task, FLAGS.data_dir, FLAGS.preference, FLAGS.limit)
-
-
-def load_models(method, mesh=None):
-    from costeer_jax.decoding.methods import LLM, SLM, SLM_SFT, STREAMS
-    from costeer_jax.models.params_cache import load_model_cached
-
-    roles = {STREAMS[s][0] for s in method.streams}
-    specs = {LLM: FLAGS.llm, SLM: FLAGS.slm, SLM_SFT: FLAGS.slm_sft}
-    if SLM_SFT in roles and not FLAGS.slm_sft:
-        raise app.UsageError("--method=proxy_tuning needs --slm_sft (the fine-tuned SLM checkpoint)")
-    loaded, models = {}, {}
-    for role in sorted(roles):
-        spec = specs[role]
-        if spec not in loaded:  # one checkpoint serving several roles is loaded (and run) once
-            loaded[spec] = load_model_cached(spec, FLAGS.dtype, FLAGS.params_cache, mesh=mesh)
-            if mesh is not None:
-                from costeer_jax import sharding
-
-                for note in sharding.sharding_notes(loaded[spec].params, loaded[spec].cfg, mesh, FLAGS.batch_size):
-                    print(f"sharding: {spec}: {note}", file=sys.stderr)
-        models[role] = loaded[spec]
-    return models
-
-
 def main(argv):
     del argv
-    from costeer_jax.decoding.methods import SPECULATIVE_METHOD_NAMES, SpeculativeOptions, get_method
+    from costeer_jax.decoding.methods import get_method
     from costeer_jax.decoding.runner import Generator, Sampling, generate_to_file
 
     if not FLAGS.output:
@@ -120,33 +88,20 @@ def main(argv):
     mesh = sharding.make_mesh(FLAGS.mesh) if FLAGS.mesh else None
     if mesh is not None:
         sharding.check_batch_divisible(FLAGS.batch_size, mesh)
-    examples = load_examples()
+    examples = run_setup.load_examples()
     if process_count > 1:  # each host decodes its own share into its own resumable file
         examples = distributed.host_shard(examples, process_index, process_count)
     output = distributed.shard_output_path(FLAGS.output, process_index, process_count)
-    speculative_options = None
-    if FLAGS.method in SPECULATIVE_METHOD_NAMES:
-        if FLAGS.K < 1 or FLAGS.downlink_topk < 0:
-            raise app.UsageError("--K must be >= 1 and --downlink_topk >= 0")
-        speculative_options = SpeculativeOptions(
-            num_draft=FLAGS.K, bonus={"auto": None, "on": True, "off": False}[FLAGS.bonus_token],
-            acceptance=FLAGS.acceptance, downlink_topk=FLAGS.downlink_topk, sd_drafter=FLAGS.sd_drafter)
-    method = get_method(FLAGS.method, max_T=max(FLAGS.T, 1), speculative=speculative_options)
+    method = get_method(FLAGS.method, max_T=max(FLAGS.T, 1), speculative=run_setup.speculative_options(FLAGS.method))
     t0 = time.perf_counter()
-    models = load_models(method, mesh)
+    models = run_setup.load_models(method, mesh, FLAGS.params_cache)
     load_seconds = time.perf_counter() - t0
     hyper = {k: getattr(FLAGS, k) for k in method.hyper_keys}
     generator = Generator(
         method, models, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
         sampling=Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed), hyper=hyper,
         mesh=mesh)
-    config = dict(hyper)
-    if generator.spec is not None:
-        config.update(K=generator.spec.num_draft, bonus_token=generator.spec.bonus,
-                      threshold_acceptance=generator.spec.threshold_acceptance,
-                      downlink_topk=generator.spec.downlink_topk)
-        if FLAGS.method == "sd":
-            config["sd_drafter"] = FLAGS.sd_drafter
+    config = {**hyper, **run_setup.static_config(generator, FLAGS.method)}
     extra = {"config": config} if config else None
     figures = generate_to_file(generator, examples, Path(output), progress=FLAGS.progress,
                                extra_fields=extra)

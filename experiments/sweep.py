@@ -30,6 +30,7 @@ if str(REPO_ROOT) not in sys.path:  # runnable as a script from a checkout
 
 from costeer_jax.decoding.methods import DEFAULT_HYPER, METHOD_NAMES  # noqa: E402
 from costeer_jax.models.loading import DEFAULT_MODEL  # noqa: E402
+from experiments import run_setup  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, 'Sweep file: {"method", "grid": {KEY: [values]}, "fixed": {KEY: value}}.')
@@ -103,39 +104,10 @@ def resolve_spec():
     return method, grid, fixed_hyper
 
 
-def load_examples():
-    from costeer_jax import data
-
-    if bool(FLAGS.task) == bool(FLAGS.prompts_file):
-        raise app.UsageError("pass exactly one of --task or --prompts_file (or set one in the --config 'fixed')")
-    if FLAGS.prompts_file:
-        examples = data.load_prompts_file(FLAGS.prompts_file)
-        return examples[:FLAGS.limit] if FLAGS.limit else examples
-    return data.load_task(FLAGS.task, FLAGS.data_dir, FLAGS.preference, FLAGS.limit)
-
-
-def load_models(method):
-    """As generate.py: one checkpoint serving several roles is loaded (and run) once."""
-    from costeer_jax.decoding.methods import LLM, SLM, SLM_SFT, STREAMS
-    from costeer_jax.models.loading import load_model
-
-    roles = {STREAMS[s][0] for s in method.streams}
-    specs = {LLM: FLAGS.llm, SLM: FLAGS.slm, SLM_SFT: FLAGS.slm_sft}
-    if SLM_SFT in roles and not FLAGS.slm_sft:
-        raise app.UsageError("--method=proxy_tuning needs --slm_sft (the fine-tuned SLM checkpoint)")
-    loaded, models = {}, {}
-    for role in sorted(roles):
-        spec = specs[role]
-        if spec not in loaded:
-            loaded[spec] = load_model(spec, FLAGS.dtype)
-        models[role] = loaded[spec]
-    return models
-
-
 def main(argv):
     del argv
     from costeer_jax.decoding import sweep
-    from costeer_jax.decoding.methods import SPECULATIVE_METHOD_NAMES, SpeculativeOptions, get_method
+    from costeer_jax.decoding.methods import get_method
     from costeer_jax.decoding.runner import Generator, Sampling
 
     if not FLAGS.output_dir:
@@ -148,29 +120,16 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     if FLAGS.batch_size < 1 or FLAGS.max_new_tokens < 1:
         raise app.UsageError("--batch_size and --max_new_tokens must be positive")
-    speculative_options = None
-    if method_name in SPECULATIVE_METHOD_NAMES:
-        if FLAGS.K < 1 or FLAGS.downlink_topk < 0:
-            raise app.UsageError("--K must be >= 1 and --downlink_topk >= 0")
-        speculative_options = SpeculativeOptions(
-            num_draft=FLAGS.K, bonus={"auto": None, "on": True, "off": False}[FLAGS.bonus_token],
-            acceptance=FLAGS.acceptance, downlink_topk=FLAGS.downlink_topk, sd_drafter=FLAGS.sd_drafter)
     # One program for the whole grid: the FTRL scan runs to the largest T, masked per row.
-    method = get_method(method_name, max_T=sweep.max_T(configs), speculative=speculative_options)
-    examples = load_examples()
+    method = get_method(method_name, max_T=sweep.max_T(configs), speculative=run_setup.speculative_options(method_name))
+    examples = run_setup.load_examples()
     t0 = time.perf_counter()
-    models = load_models(method)
+    models = run_setup.load_models(method)
     load_seconds = time.perf_counter() - t0
     generator = Generator(
         method, models, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
         sampling=Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed))
-    static_config = {}
-    if generator.spec is not None:  # as generate.py records them
-        static_config.update(K=generator.spec.num_draft, bonus_token=generator.spec.bonus,
-                             threshold_acceptance=generator.spec.threshold_acceptance,
-                             downlink_topk=generator.spec.downlink_topk)
-        if method_name == "sd":
-            static_config["sd_drafter"] = FLAGS.sd_drafter
+    static_config = run_setup.static_config(generator, method_name)
     try:
         figures = sweep.run_sweep(generator, examples, configs, FLAGS.output_dir, progress=FLAGS.progress,
                                   static_config=static_config)
@@ -185,4 +144,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from costeer_jax.cli import run
+
+    run(main)
