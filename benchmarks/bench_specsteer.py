@@ -32,7 +32,8 @@ if str(REPO_ROOT) not in sys.path:
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("parts", ["smollm2", "random_llm"], "Which pairings to time.")
-flags.DEFINE_string("task", "cogenesis", "Prompts: a task with a private context (query vs personalized query).")
+flags.DEFINE_string("task", "ultrachat", "Prompts: query vs query + private context (see costeer_jax.data.TASKS).")
+flags.DEFINE_string("preference", "verbose", "Preference for preference tasks (verbose: rows rarely stop early).")
 flags.DEFINE_integer("limit", 4, "Examples (decoded as one batch when limit <= batch_size).")
 flags.DEFINE_integer("batch_size", 4, "Rows per batch.")
 flags.DEFINE_integer("max_new_tokens", 32, "Tokens per example.")
@@ -45,6 +46,8 @@ flags.DEFINE_integer("big_layers", 16, "Random LLM layers.")
 flags.DEFINE_integer("big_heads", 16, "Random LLM attention heads.")
 flags.DEFINE_integer("big_kv_heads", 4, "Random LLM KV heads.")
 flags.DEFINE_integer("big_intermediate", 5632, "Random LLM MLP width.")
+flags.DEFINE_bool("ignore_eos", True, "Decode exactly max_new_tokens per row, so every configuration "
+                  "times the same number of tokens (a batch runs until its longest row ends).")
 flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
 
 
@@ -73,6 +76,7 @@ def random_llm(like, hidden, layers, heads, kv_heads, intermediate, seed=0):
             "mlp_norm": jnp.ones((layers, hidden), jnp.float32),
             "gate_up": normal(keys[3], (layers, hidden, 2 * intermediate)),
             "down": normal(keys[4], (layers, intermediate, hidden))}}
+    params["lm_head"] = params["embed"].T.copy()  # as loading does for tied models: a [D, V] head copy
     return LoadedModel(f"random-llama-{hidden}x{layers}", cfg, params, like.tokenizer, like.generation_eos)
 
 
@@ -82,6 +86,8 @@ def time_method(pairing, method_name, models, examples, *, options=None, hyper=N
 
     generator = Generator(get_method(method_name, speculative=options), models,
                           max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size, hyper=hyper or {})
+    if FLAGS.ignore_eos:
+        generator.eos_ids = [generator.vocab_limit]  # an id no model can emit
     figures, token_ids = RunFigures(), {}
     t0 = time.perf_counter()
     for start in range(0, len(examples), FLAGS.batch_size):
@@ -142,7 +148,7 @@ def main(argv):
     from costeer_jax.decoding.methods import LLM, SLM
     from costeer_jax.models.loading import load_model
 
-    examples = data.load_task(FLAGS.task, None, None, FLAGS.limit)
+    examples = data.load_task(FLAGS.task, None, FLAGS.preference, FLAGS.limit)
     load_before = os.getloadavg()
     smol = load_model("smollm2-135m-instruct")
     rows = []
@@ -154,7 +160,7 @@ def main(argv):
                          FLAGS.big_intermediate)
         rows += run_pairing(big.name, {LLM: big, SLM: smol}, examples, [float(x) for x in FLAGS.big_lambdas],
                             [int(x) for x in FLAGS.big_sd_Ks])
-    summary = {"task": FLAGS.task, "examples": len(examples), "batch_size": FLAGS.batch_size,
+    summary = {"task": FLAGS.task, "preference": FLAGS.preference, "ignore_eos": FLAGS.ignore_eos, "examples": len(examples), "batch_size": FLAGS.batch_size,
                "max_new_tokens": FLAGS.max_new_tokens, "cpu_count": os.cpu_count(),
                "loadavg_before": [round(x, 2) for x in load_before],
                "loadavg_after": [round(x, 2) for x in os.getloadavg()], "rows": rows}

@@ -28,7 +28,7 @@ from costeer_jax.models import decoder
 from costeer_jax.models.loading import load_model
 from costeer_jax.steering import fuse_logits
 
-from conftest import REPO_ROOT, build_tiny_checkpoint, smollm2_available
+from conftest import REPO_ROOT, smollm2_available
 
 VOCAB = 96  # the tiny checkpoints' vocabulary
 # Ids no model emits: rows run to the budget. Two entries, like the EOS test's, so the greedy
@@ -434,6 +434,24 @@ def test_sd_link_bytes():
     np.testing.assert_array_equal(up, [8, 8])
 
 
+def test_sampling_log_probs_is_the_samplers_distribution():
+    """Temperature, the top-p nucleus (as sample_tokens keeps it) and one-hot rows for T <= 0."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 30)) * 3
+    temperature = np.asarray([1.0, 0.5, 2.0, 0.0])
+    top_p = np.asarray([1.0, 0.6, 0.3, 0.9])
+    got = np.asarray(sp.sampling_log_probs(jnp.asarray(logits), jnp.asarray(temperature), jnp.asarray(top_p)))
+    for b in range(3):
+        scaled = logits[b] / temperature[b]
+        probs = np.exp(log_softmax(scaled))
+        order = np.argsort(-scaled)
+        mass_before = np.cumsum(probs[order]) - probs[order]
+        kept = order[(mass_before < top_p[b]) | (top_p[b] >= 1.0)]
+        np.testing.assert_array_equal(np.flatnonzero(np.isfinite(got[b])), np.sort(kept))
+        np.testing.assert_allclose(got[b, kept], log_softmax(scaled[kept]), atol=1e-5)
+    assert np.flatnonzero(np.isfinite(got[3])).tolist() == [int(np.argmax(logits[3]))] and got[3].max() == 0.0
+
+
 def test_make_spec_config_choices():
     assert not sp.make_spec_config(sp.SPECSTEER).bonus and sp.make_spec_config(sp.SD).bonus
     assert sp.make_spec_config(sp.SPECSTEER, greedy=False, acceptance="threshold").threshold_acceptance
@@ -520,7 +538,8 @@ def test_cli_specsteer_rows_and_figures(tiny_chat_models, tmp_path):
     assert summary["llm_calls"] == total("llm_calls") and summary["tokens"] == sum(len(row["token_ids"]) for row in rows)
     assert summary["llm_calls_per_token"] == round(total("llm_calls") / summary["tokens"], 4)
     assert summary["acceptance_rate"] == round(total("accepted_tokens") / total("drafted_tokens"), 4)
-    assert summary["mean_accepted_length"] == round(1 + total("accepted_tokens") / total("llm_calls"), 4)
+    committed = total("accepted_tokens") + total("recovered_tokens") + total("bonus_tokens")
+    assert summary["mean_accepted_length"] == round(committed / total("llm_calls"), 4)
     assert summary["uplink_bytes_per_token"] == round(total("uplink_bytes") / summary["tokens"], 2)
     for row in rows:
         assert row["method"] == "specsteer" and row["config"]["K"] == 3 and row["config"]["spec_beta"] == 1.0

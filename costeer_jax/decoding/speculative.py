@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from costeer_jax.decoding.engine import DecodeResult, Prompt
-from costeer_jax.models.cache import KVCache, init_cache
+from costeer_jax.models.cache import KVCache, init_cache, round_up
 from costeer_jax.models.config import DecoderConfig
 from costeer_jax.models.decoder import decode_step_logits, forward, prefill_logits
 from costeer_jax.steering.baselines import fuse_logits
@@ -50,6 +50,9 @@ from costeer_jax.steering.speculative import (first_rejection, gather_token_logp
 SPECSTEER, SD = "specsteer", "sd"
 ACCOUNTING_TOPK = 32  # Appendix D's example k when no truncation is asked for
 CLOUD_VALUE_BYTES = 4  # a top-k entry's value travels as the fp32 we compute with
+# Per-row statistics, summed over a row's iterations: LLM verification forwards (= iterations),
+# drafted and accepted draft tokens (the verification outcome, before EOS/budget truncation),
+# tokens drawn at a rejection / as the bonus, and the Appendix D link bytes.
 STAT_NAMES = ("llm_calls", "drafted_tokens", "accepted_tokens", "recovered_tokens", "bonus_tokens",
               "uplink_bytes", "downlink_bytes")
 
@@ -255,12 +258,13 @@ def make_spec_config(kind: str, *, num_draft: int = 4, bonus: bool | None = None
     if downlink_topk < 0:
         raise ValueError(f"downlink_topk must be >= 0, got {downlink_topk}")
     if kind == SPECSTEER:
-        threshold = greedy if acceptance == "auto" else acceptance == "threshold"
-        return SpecConfig(SPECSTEER, specsteer_rule, num_draft, bool(bonus) if bonus is not None else False,
-                          threshold, downlink_topk, True, slm_wo_is_llm)
+        return SpecConfig(
+            SPECSTEER, specsteer_rule, num_draft=num_draft, bonus=bool(bonus),
+            threshold_acceptance=greedy if acceptance == "auto" else acceptance == "threshold",
+            downlink_topk=downlink_topk, uses_slm_wo=True, slm_wo_is_llm=slm_wo_is_llm)
     if kind == SD:
-        return SpecConfig(SD, sd_rule, num_draft, True if bonus is None else bool(bonus),
-                          False, 0, False, False)
+        return SpecConfig(SD, sd_rule, num_draft=num_draft, bonus=True if bonus is None else bool(bonus),
+                          uses_slm_wo=False)
     raise ValueError(f"unknown speculative method {kind!r}")
 
 
@@ -475,22 +479,22 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
 
 def cache_len_for(prompt_width: int, max_new_tokens: int, num_draft: int) -> int:
     """Cache slots a run needs: the verify forward writes K+1 tokens past the last committed one."""
-    from costeer_jax.models.cache import round_up
-
     return round_up(prompt_width + max_new_tokens + num_draft + 1, 16)
 
 
 def stats_summary(stats: dict[str, Any], tokens: int) -> dict[str, float]:
-    """Run-level figures from summed stats: acceptance rate, mean accepted length
-    (1 + accepted drafts per LLM call, the anchors' definition), LLM calls and link bytes per
-    generated token."""
-    calls = max(float(stats.get("llm_calls", 0)), 1.0)
-    drafted = max(float(stats.get("drafted_tokens", 0)), 1.0)
+    """Figures from (summed) stats: acceptance rate (accepted / drafted), mean accepted length
+    (tokens one verification commits: accepted drafts plus the drawn recovery/bonus token, i.e.
+    1 + accepted per call with the bonus token on; without it a fully accepted draft commits K,
+    not K+1), LLM calls and link bytes per generated token."""
+    value = lambda name: float(stats.get(name, 0))
+    calls = max(value("llm_calls"), 1.0)
+    committed = value("accepted_tokens") + value("recovered_tokens") + value("bonus_tokens")
     tokens = max(float(tokens), 1.0)
     return {
-        "acceptance_rate": round(float(stats.get("accepted_tokens", 0)) / drafted, 4),
-        "mean_accepted_length": round(1.0 + float(stats.get("accepted_tokens", 0)) / calls, 4),
-        "llm_calls_per_token": round(float(stats.get("llm_calls", 0)) / tokens, 4),
-        "uplink_bytes_per_token": round(float(stats.get("uplink_bytes", 0)) / tokens, 2),
-        "downlink_bytes_per_token": round(float(stats.get("downlink_bytes", 0)) / tokens, 2),
+        "acceptance_rate": round(value("accepted_tokens") / max(value("drafted_tokens"), 1.0), 4),
+        "mean_accepted_length": round(committed / calls, 4),
+        "llm_calls_per_token": round(value("llm_calls") / tokens, 4),
+        "uplink_bytes_per_token": round(value("uplink_bytes") / tokens, 2),
+        "downlink_bytes_per_token": round(value("downlink_bytes") / tokens, 2),
     }
