@@ -17,7 +17,6 @@ from common import bench_examples, machine_note, run_reference, time_generator
 def steering_share(batch: int, vocab: int, step_seconds: float) -> dict:
     """Time of the T=20 FTRL update alone on [batch, vocab] logits vs a measured decode step."""
     import jax
-    import jax.numpy as jnp
 
     from costeer_jax.steering import costeer_policy
 

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 
 from costeer_jax.models.cache import init_cache
-from costeer_jax.models.config import DecoderConfig
 from costeer_jax.models.decoder import decode_step_logits, prefill_logits
 from costeer_jax.steering.sampling import sample_tokens
 
@@ -88,8 +87,7 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
 
     def split(group: int, logits: jax.Array) -> dict:
         names = layout.groups[group]
-        out = {name: logits[i * batch:(i + 1) * batch, :vocab_limit] for i, name in enumerate(names)}
-        return out
+        return {name: logits[i * batch:(i + 1) * batch, :vocab_limit] for i, name in enumerate(names)}
 
     def with_aliases(logits: dict) -> dict:
         return {**logits, **{alias: logits[stream] for alias, stream in layout.aliases}}

@@ -6,7 +6,6 @@ tokenizer builders, feeding them metadata read here.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any
 
 import numpy as np
