@@ -24,27 +24,12 @@ if str(REPO_ROOT) not in sys.path:  # runnable as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
 from costeer_jax.decoding.methods import DEFAULT_HYPER, METHOD_NAMES  # noqa: E402
-from costeer_jax.models.loading import DEFAULT_MODEL  # noqa: E402
 from experiments import run_setup  # noqa: E402
 
 FLAGS = flags.FLAGS
+run_setup.define_run_flags(batch_size_default=8, batch_size_help="Prompts decoded together.")
 flags.DEFINE_enum("method", "llm_wo", METHOD_NAMES, "Decoding method.")
-flags.DEFINE_string("llm", DEFAULT_MODEL, "Cloud LLM: HF directory, .gguf file, hub id or alias.")
-flags.DEFINE_string("slm", DEFAULT_MODEL, "Local SLM: HF directory, .gguf file, hub id or alias.")
-flags.DEFINE_string("slm_sft", None, "Fine-tuned SLM for --method=proxy_tuning.")
-flags.DEFINE_string("prompts_file", None, 'jsonl rows {"id", "input", "personalized_input"}.')
-flags.DEFINE_string("task", None, "Benchmark task name (see costeer_jax.data.TASKS).")
-flags.DEFINE_string("preference", None, "concise|creative|uplifting|verbose for preference tasks.")
-flags.DEFINE_string("data_dir", None, "Dataset folder (default: ../shared/data/costeer_release).")
-flags.DEFINE_integer("limit", None, "Only the first N examples.")
-flags.DEFINE_integer("batch_size", 8, "Prompts decoded together.")
-flags.DEFINE_integer("max_new_tokens", 128, "Generation budget per example.")
 flags.DEFINE_string("output", None, "Output jsonl (appended to; finished ids are skipped).")
-flags.DEFINE_integer("seed", 0, "Sampling seed (per-example keys derive from it and the id).")
-flags.DEFINE_bool("do_sample", False, "Sample instead of greedy decoding.")
-flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
-flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model parameter dtype.")
 flags.DEFINE_float("alpha", DEFAULT_HYPER["alpha"], "CoSteer alpha (LLM alignment term).")
 flags.DEFINE_float("beta", DEFAULT_HYPER["beta"], "CoSteer beta (SLM delta term).")
 flags.DEFINE_float("lam", DEFAULT_HYPER["lam"], "CoSteer lambda (KL to the LLM).")
@@ -53,20 +38,8 @@ flags.DEFINE_integer("T", DEFAULT_HYPER["T"], "CoSteer FTRL iterations per token
 flags.DEFINE_float("tau", DEFAULT_HYPER["tau"], "AdaCoSteer confidence threshold.")
 flags.DEFINE_integer("k_consecutive", DEFAULT_HYPER["k_consecutive"], "AdaCoSteer streak length.")
 flags.DEFINE_float("cs_lambda", DEFAULT_HYPER["cs_lambda"], "LA/CS scaling (B.8: 1.5, 2.0, 2.5).")
-flags.DEFINE_integer("K", 4, "specsteer/sd: draft tokens per iteration.")
 flags.DEFINE_float("spec_lambda", DEFAULT_HYPER["spec_lambda"], "SpecSteer verification threshold lambda (Eq. 7).")
 flags.DEFINE_float("spec_beta", DEFAULT_HYPER["spec_beta"], "SpecSteer recovery steering strength beta (Eq. 8).")
-flags.DEFINE_enum("acceptance", "auto", ["auto", "threshold", "stochastic"],
-                  "SpecSteer acceptance: threshold (accept iff P_LLM >= lambda P_SLM-), stochastic "
-                  "(u <= alpha, Algorithm 1), auto = threshold when greedy, stochastic when sampling.")
-flags.DEFINE_integer("downlink_topk", 0, "SpecSteer: truncate the cloud term h_LLM - beta h_SLM- to its "
-                     "top-k on recovery, as deployed (App. D); 0 = exact Eq. 8 (bytes are then "
-                     "accounted for k=32).")
-flags.DEFINE_enum("bonus_token", "auto", ["auto", "on", "off"],
-                  "specsteer/sd: draw a bonus token when all K drafts pass (auto: off for specsteer "
-                  "as Algorithm 1, on for sd).")
-flags.DEFINE_enum("sd_drafter", "slm_w", ["slm_w", "slm_wo"], "sd: draft with SLM+ (private context) or SLM-.")
-flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
 flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:8 or data:2,model:4 (default: one device).")
 flags.DEFINE_bool("multihost", None, "Call jax.distributed.initialize() (default: detect a TPU slice).")
 flags.DEFINE_string("params_cache", None, "Folder for converted params (orbax); restarts skip conversion.")

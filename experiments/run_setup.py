@@ -10,6 +10,39 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 
 
+def define_run_flags(batch_size_default: int, batch_size_help: str) -> None:
+    """The model, input, decoding and speculative flags both entry points take."""
+    from costeer_jax.models.loading import DEFAULT_MODEL
+
+    flags.DEFINE_string("llm", DEFAULT_MODEL, "Cloud LLM: HF directory, .gguf file, hub id or alias.")
+    flags.DEFINE_string("slm", DEFAULT_MODEL, "Local SLM: HF directory, .gguf file, hub id or alias.")
+    flags.DEFINE_string("slm_sft", None, "Fine-tuned SLM for --method=proxy_tuning.")
+    flags.DEFINE_string("prompts_file", None, 'jsonl rows {"id", "input", "personalized_input"}.')
+    flags.DEFINE_string("task", None, "Benchmark task name (see costeer_jax.data.TASKS).")
+    flags.DEFINE_string("preference", None, "concise|creative|uplifting|verbose for preference tasks.")
+    flags.DEFINE_string("data_dir", None, "Dataset folder (default: ../shared/data/costeer_release).")
+    flags.DEFINE_integer("limit", None, "Only the first N examples.")
+    flags.DEFINE_integer("batch_size", batch_size_default, batch_size_help)
+    flags.DEFINE_integer("max_new_tokens", 128, "Generation budget per example.")
+    flags.DEFINE_integer("seed", 0, "Sampling seed (per-example keys derive from it and the id).")
+    flags.DEFINE_bool("do_sample", False, "Sample instead of greedy decoding.")
+    flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+    flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
+    flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model parameter dtype.")
+    flags.DEFINE_integer("K", 4, "specsteer/sd: draft tokens per iteration.")
+    flags.DEFINE_enum("acceptance", "auto", ["auto", "threshold", "stochastic"],
+                      "SpecSteer acceptance: threshold (accept iff P_LLM >= lambda P_SLM-), stochastic "
+                      "(u <= alpha, Algorithm 1), auto = threshold when greedy, stochastic when sampling.")
+    flags.DEFINE_integer("downlink_topk", 0, "SpecSteer: truncate the cloud term h_LLM - beta h_SLM- to its "
+                         "top-k on recovery, as deployed (App. D); 0 = exact Eq. 8 (bytes are then "
+                         "accounted for k=32).")
+    flags.DEFINE_enum("bonus_token", "auto", ["auto", "on", "off"],
+                      "specsteer/sd: draw a bonus token when all K drafts pass (auto: off for specsteer "
+                      "as Algorithm 1, on for sd).")
+    flags.DEFINE_enum("sd_drafter", "slm_w", ["slm_w", "slm_wo"], "sd: draft with SLM+ (private context) or SLM-.")
+    flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
+
+
 def load_examples():
     from costeer_jax import data
 

@@ -29,36 +29,15 @@ if str(REPO_ROOT) not in sys.path:  # runnable as a script from a checkout
     sys.path.insert(0, str(REPO_ROOT))
 
 from costeer_jax.decoding.methods import DEFAULT_HYPER, METHOD_NAMES  # noqa: E402
-from costeer_jax.models.loading import DEFAULT_MODEL  # noqa: E402
 from experiments import run_setup  # noqa: E402
 
 FLAGS = flags.FLAGS
+run_setup.define_run_flags(batch_size_default=32, batch_size_help="Rows, i.e. (prompt, configuration) pairs, decoded together.")
 flags.DEFINE_string("config", None, 'Sweep file: {"method", "grid": {KEY: [values]}, "fixed": {KEY: value}}.')
 flags.DEFINE_string("grid", None, "Swept hyperparameters, e.g. 'alpha=1,2;beta=0.5,1'.")
 flags.DEFINE_string("fixed", None, "Non-swept hyperparameters, e.g. 'lam=2;T=20' (default: CoSteer Table 4).")
 flags.DEFINE_string("output_dir", None, "Folder of the per-configuration jsonl files (resumable).")
 flags.DEFINE_enum("method", None, METHOD_NAMES, "Decoding method (default: the --config file's).")
-flags.DEFINE_string("llm", DEFAULT_MODEL, "Cloud LLM: HF directory, .gguf file, hub id or alias.")
-flags.DEFINE_string("slm", DEFAULT_MODEL, "Local SLM: HF directory, .gguf file, hub id or alias.")
-flags.DEFINE_string("slm_sft", None, "Fine-tuned SLM for --method=proxy_tuning.")
-flags.DEFINE_string("prompts_file", None, 'jsonl rows {"id", "input", "personalized_input"}.')
-flags.DEFINE_string("task", None, "Benchmark task name (see costeer_jax.data.TASKS).")
-flags.DEFINE_string("preference", None, "concise|creative|uplifting|verbose for preference tasks.")
-flags.DEFINE_string("data_dir", None, "Dataset folder (default: ../shared/data/costeer_release).")
-flags.DEFINE_integer("limit", None, "Only the first N examples.")
-flags.DEFINE_integer("batch_size", 32, "Rows, i.e. (prompt, configuration) pairs, decoded together.")
-flags.DEFINE_integer("max_new_tokens", 128, "Generation budget per row.")
-flags.DEFINE_integer("seed", 0, "Sampling seed (per-example keys derive from it and the id).")
-flags.DEFINE_bool("do_sample", False, "Sample instead of greedy decoding.")
-flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
-flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass.")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model parameter dtype.")
-flags.DEFINE_integer("K", 4, "specsteer/sd: draft tokens per iteration (static, not sweepable).")
-flags.DEFINE_enum("acceptance", "auto", ["auto", "threshold", "stochastic"], "SpecSteer acceptance (see generate.py).")
-flags.DEFINE_integer("downlink_topk", 0, "SpecSteer downlink top-k truncation (see generate.py).")
-flags.DEFINE_enum("bonus_token", "auto", ["auto", "on", "off"], "specsteer/sd bonus token (see generate.py).")
-flags.DEFINE_enum("sd_drafter", "slm_w", ["slm_w", "slm_wo"], "sd: draft with SLM+ or SLM-.")
-flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
 
 # Run options a --config file's "fixed" may set (unless given on the command line).
 RUN_OPTIONS = ("llm", "slm", "slm_sft", "prompts_file", "task", "preference", "data_dir", "limit", "batch_size",
