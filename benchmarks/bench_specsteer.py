@@ -68,18 +68,17 @@ def random_llm(like, hidden, layers, heads, kv_heads, intermediate, seed=0):
                         num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
                         rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True, qkv_bias=False,
                         qk_norm=False, max_position_embeddings=like.cfg.max_position_embeddings)
-    keys = jax.random.split(jax.random.key(seed), 5)
+    keys = jax.random.split(jax.random.key(seed), 1 + 4 * layers)
     normal = lambda key, shape: 0.02 * jax.random.normal(key, shape, jnp.float32)
-    params = {
+    params = {  # the layout loading.py produces for a tied model (see decoder.py)
         "embed": normal(keys[0], (vocab, hidden)), "final_norm": jnp.ones((hidden,), jnp.float32),
-        "layers": {
-            "attn_norm": jnp.ones((layers, hidden), jnp.float32),
-            "qkv": normal(keys[1], (layers, hidden, (heads + 2 * kv_heads) * head_dim)),
-            "o": normal(keys[2], (layers, heads * head_dim, hidden)),
-            "mlp_norm": jnp.ones((layers, hidden), jnp.float32),
-            "gate_up": normal(keys[3], (layers, hidden, 2 * intermediate)),
-            "down": normal(keys[4], (layers, intermediate, hidden))}}
-    params["lm_head"] = params["embed"].T.copy()  # as loading does for tied models: a [D, V] head copy
+        "layers": [{
+            "attn_norm": jnp.ones((hidden,), jnp.float32),
+            "qkv": normal(keys[1 + 4 * i], (hidden, (heads + 2 * kv_heads) * head_dim)),
+            "o": normal(keys[2 + 4 * i], (heads * head_dim, hidden)),
+            "mlp_norm": jnp.ones((hidden,), jnp.float32),
+            "gate_up": normal(keys[3 + 4 * i], (hidden, 2 * intermediate)),
+            "down": normal(keys[4 + 4 * i], (hidden, intermediate))} for i in range(layers)]}
     return LoadedModel(f"random-llama-{hidden}x{layers}", cfg, params, like.tokenizer, like.generation_eos)
 
 

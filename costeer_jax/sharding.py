@@ -126,26 +126,27 @@ LOGICAL_AXIS_RULES: dict[str, str | None] = {
     "qkv": MODEL,  # fused q|k|v output columns: (H + 2K) * head_dim
     "kv_heads": MODEL,
     "mlp": MODEL,  # gate_up's output columns, down's input rows
-    "layers": None,  # stacked for lax.scan: every device runs every layer
+    "layers": None,  # the KV cache's layer axis: every device runs every layer
     "head_dim": None,
     "cache_len": None,
     "prompt_len": None,
 }
 
-# Params pytree path ('/'-joined keys) -> logical axes of each dim.
+# Params leaf name -> logical axes of each dim. Per-layer leaves are named without their layer
+# index ('layers/qkv' covers layers/0/qkv, layers/1/qkv, ...).
 PARAM_LOGICAL_AXES: dict[str, tuple[str, ...]] = {
     "embed": ("vocab_in", "embed"),
-    "lm_head": ("embed", "vocab"),
+    "lm_head": ("vocab", "embed"),
     "final_norm": ("embed",),
-    "layers/attn_norm": ("layers", "embed"),
-    "layers/qkv": ("layers", "embed", "qkv"),
-    "layers/qkv_bias": ("layers", "qkv"),
-    "layers/q_norm": ("layers", "head_dim"),
-    "layers/k_norm": ("layers", "head_dim"),
-    "layers/o": ("layers", "heads", "embed"),
-    "layers/mlp_norm": ("layers", "embed"),
-    "layers/gate_up": ("layers", "embed", "mlp"),
-    "layers/down": ("layers", "mlp", "embed"),
+    "layers/attn_norm": ("embed",),
+    "layers/qkv": ("embed", "qkv"),
+    "layers/qkv_bias": ("qkv",),
+    "layers/q_norm": ("head_dim",),
+    "layers/k_norm": ("head_dim",),
+    "layers/o": ("heads", "embed"),
+    "layers/mlp_norm": ("embed",),
+    "layers/gate_up": ("embed", "mlp"),
+    "layers/down": ("embed", "mlp"),
 }
 TIED_EMBED_LOGICAL_AXES = ("vocab", "embed")  # a tied embedding is also the output head
 
@@ -203,7 +204,9 @@ def logical_to_spec(logical_axes: Sequence[str], rules: Mapping[str, str | None]
 
 
 def _leaf_path(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+    """'/'-joined keys, list indices dropped: layers/3/qkv -> layers/qkv."""
+    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path
+                    if not isinstance(k, jax.tree_util.SequenceKey))
 
 
 def _checked_spec(spec: P, shape: Sequence[int], axis_sizes: Mapping[str, int], where: str,

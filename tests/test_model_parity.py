@@ -78,7 +78,7 @@ def test_cached_decode_matches_full_forward(tiny_checkpoints, arch):
 
 def test_bf16_params_stay_close(tiny_checkpoints):
     m = loading.load_model(str(tiny_checkpoints["qwen2"]), dtype="bfloat16")
-    assert m.params["layers"]["qkv"].dtype == jnp.bfloat16
+    assert m.params["layers"][0]["qkv"].dtype == jnp.bfloat16
     ref = hf_model(tiny_checkpoints["qwen2"])
     ids = prompts(m.cfg.vocab_size, [8])[0]
     cache = kv.init_cache(m.cfg, 1, 16, jnp.bfloat16)

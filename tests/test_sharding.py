@@ -57,11 +57,11 @@ def _abstract_params(cfg):
     L, D, H, K, hd, F, V = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads,
                             cfg.head_dim, cfg.intermediate_size, cfg.vocab_size)
     s = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
-    params = {"embed": s(V, D), "final_norm": s(D), "layers": {
-        "attn_norm": s(L, D), "qkv": s(L, D, (H + 2 * K) * hd), "qkv_bias": s(L, (H + 2 * K) * hd),
-        "o": s(L, H * hd, D), "mlp_norm": s(L, D), "gate_up": s(L, D, 2 * F), "down": s(L, F, D)}}
+    layer = {"attn_norm": s(D), "qkv": s(D, (H + 2 * K) * hd), "qkv_bias": s((H + 2 * K) * hd),
+             "o": s(H * hd, D), "mlp_norm": s(D), "gate_up": s(D, 2 * F), "down": s(D, F)}
+    params = {"embed": s(V, D), "final_norm": s(D), "layers": [dict(layer) for _ in range(L)]}
     if not cfg.tie_word_embeddings:
-        params["lm_head"] = s(D, V)
+        params["lm_head"] = s(V, D)
     return params
 
 
@@ -82,14 +82,15 @@ def test_param_specs_follow_the_tensor_parallel_table():
     cfg = _cfg()
     specs, notes = param_partition_specs(_abstract_params(cfg), cfg, {"data": 2, "model": 4})
     assert notes == []
-    layers = specs["layers"]
-    assert layers["qkv"] == P(None, None, "model")  # column split
-    assert layers["qkv_bias"] == P(None, "model")
-    assert layers["gate_up"] == P(None, None, "model")
-    assert layers["o"] == P(None, "model", None)  # row split
-    assert layers["down"] == P(None, "model", None)
-    assert layers["attn_norm"] == P(None, None)
-    assert specs["lm_head"] == P(None, "model")  # vocab split output head
+    assert len(specs["layers"]) == cfg.num_layers
+    for layers in specs["layers"]:
+        assert layers["qkv"] == P(None, "model")  # column split
+        assert layers["qkv_bias"] == P("model")
+        assert layers["gate_up"] == P(None, "model")
+        assert layers["o"] == P("model", None)  # row split
+        assert layers["down"] == P(None, "model")  # [D, F]: split along the mlp width
+        assert layers["attn_norm"] == P(None)
+    assert specs["lm_head"] == P("model", None)  # vocab split output head
     assert specs["embed"] == P(None, None)  # untied input table: gathered from, kept whole
     tied = _cfg(tie_word_embeddings=True)
     tied_specs, _ = param_partition_specs(_abstract_params(tied), tied, {"data": 2, "model": 4})
@@ -103,10 +104,10 @@ def test_indivisible_units_fall_back_to_replication_with_a_note():
 
     cfg = _cfg(num_heads=6, num_kv_heads=2, vocab_size=1000, intermediate_size=100)
     specs, notes = param_partition_specs(_abstract_params(cfg), cfg, {"data": 1, "model": 4})
-    assert specs["layers"]["o"] == P(None, None, None)  # 6 heads on 4 shards
-    assert specs["layers"]["qkv"] == P(None, None, "model")  # (6+4)*8=80 columns still split
-    assert specs["lm_head"] == P(None, "model")  # 1000 rows split in 4
-    assert specs["layers"]["gate_up"] == P(None, None, "model")  # 100 columns split in 4
+    assert specs["layers"][1]["o"] == P(None, None)  # 6 heads on 4 shards
+    assert specs["layers"][1]["qkv"] == P(None, "model")  # (6+4)*8=80 columns still split
+    assert specs["lm_head"] == P("model", None)  # 1000 rows split in 4
+    assert specs["layers"][1]["gate_up"] == P(None, "model")  # 100 columns split in 4
     text = "\n".join(notes)
     assert "'heads' replicated: 6 query heads" in text and "2, 3, 6" in text
     cache = cache_partition_specs(cfg, {"data": 2, "model": 4}, batch_size=8)
@@ -163,7 +164,7 @@ def test_shardings_really_split_the_arrays(eight_device_results):
     full_columns = (8 + 2 * 4) * 4
     assert wide["qkv_local_shape"][-1] == full_columns // 4  # each device holds a quarter
     assert wide["gate_up_local_shape"][-1] == 2 * 48 // 4
-    assert wide["o_local_shape"][1] == 8 * 4 // 4
+    assert wide["o_local_shape"][0] == 8 * 4 // 4
     assert wide["cache_keys_spec"] == [None, "data", "model", None, None]
     assert wide["cache_local_shape"] == [2, 8 // 2, 4 // 4, 16, 4]
     assert wide["notes"] == []
@@ -236,9 +237,9 @@ def _worker(paths: dict) -> dict:
                 "max_abs_logit_diff": float(jnp.max(jnp.abs(logits - ref_logits))),
                 "max_abs_cache_diff": float(jnp.max(jnp.abs(new_cache.keys - ref_cache.keys))),
                 "lengths_equal": bool(jnp.all(new_cache.lengths == ref_cache.lengths)),
-                "qkv_local_shape": list(params["layers"]["qkv"].addressable_shards[0].data.shape),
-                "gate_up_local_shape": list(params["layers"]["gate_up"].addressable_shards[0].data.shape),
-                "o_local_shape": list(params["layers"]["o"].addressable_shards[0].data.shape),
+                "qkv_local_shape": list(params["layers"][0]["qkv"].addressable_shards[0].data.shape),
+                "gate_up_local_shape": list(params["layers"][0]["gate_up"].addressable_shards[0].data.shape),
+                "o_local_shape": list(params["layers"][0]["o"].addressable_shards[0].data.shape),
                 "cache_keys_spec": spec_of(cache.keys),
                 "cache_local_shape": list(cache.keys.addressable_shards[0].data.shape),
                 "notes": sharding.sharding_notes(m.params, m.cfg, mesh, B),

@@ -233,7 +233,7 @@ def test_greedy_sd_other_architecture_drafter_no_bonus(tiny):
 # ------------------------------------------------------------------------------------------
 # Greedy SpecSteer: cache-free reference, lambda limits
 
-@pytest.mark.parametrize("k,bonus,lam,topk", [(4, False, 0.8, 0), (3, True, 1.0, 1)])
+@pytest.mark.parametrize("k,bonus,lam,topk", [(4, False, 0.8, 0), (3, True, 0.6, 1)])
 def test_greedy_specsteer_matches_cache_free_reference(tiny, k, bonus, lam, topk):
     """Rows accept different counts in one batch; with top-1 truncation every drawn token is the
     cloud term's argmax. Link bytes follow Appendix D."""
@@ -272,13 +272,16 @@ def test_specsteer_lambda_limits(tiny):
                        [tiny["cfg"]], {"slm_w": PERSONAL})
     assert outputs(all_pass) == slm_w
     assert np.all(all_pass.stats["accepted_tokens"] == MAX_NEW) and np.all(all_pass.stats["llm_calls"] == MAX_NEW // 4)
-    # Runs are [0..3], [4..7], ...: EOS at positions 1 and 6 sits inside an accepted run, which
-    # must be cut right after it.
+    # Runs are [0..3], [4..7], ...: an EOS inside an accepted run must cut the run right after it.
+    # Taking rows 0 and 2's tokens at positions 1 and 6 as EOS ids ends those rows mid-run (at
+    # that position or at an earlier occurrence of the same token).
     eos = jnp.asarray([slm_w[0][1], slm_w[2][6]], jnp.int32)
     cut = run_spec(spec, tiny["llm"], tiny["related"], prompts, hyper=spec_hyper(4, 0.0), eos_ids=eos, **common)
     expected = run_engine(functools.partial(_plain_policy, "slm_w"), (("slm_w",),), [tiny["related"]],
                           [tiny["cfg"]], {"slm_w": PERSONAL}, eos_ids=eos)
-    assert outputs(cut) == expected and len(expected[0]) == 2 and len(expected[2]) <= 7
+    assert outputs(cut) == expected
+    assert len(expected[0]) <= 2 and len(expected[2]) <= 7
+    assert any(len(row) % 4 for row in expected)  # at least one cut falls strictly inside a run
 
     beta = 1.5
     none_pass = run_spec(spec, tiny["llm"], tiny["related"], prompts, hyper=spec_hyper(4, np.inf, beta), **common)

@@ -1,15 +1,22 @@
 """One config-driven decoder for Llama-3.x, Qwen2/Qwen2.5 and Qwen3, as a pure function.
 
-Parameters are a plain pytree with every per-layer weight stacked on a leading layer axis, so a
-whole forward is one `lax.scan` over layers (one compiled layer body instead of N copies). The
-q/k/v and gate/up projections are fused into single matmuls at load time: at decode time this
+Parameters are a plain pytree: global tensors plus `layers`, a list of per-layer dicts, each leaf
+its own buffer. The forward is a Python loop over that list (unrolled into the compiled program,
+as jax-ml/jax-llm-examples does). A `lax.scan` over weights stacked on a layer axis compiles
+smaller but on XLA:CPU copies each layer's weight slice out of the stack before its dots (a
+dynamic-slice the matmul kernels do not fuse): measured, that copying made a SmolLM2 decode step
+42 ms instead of 28 ms at batch 1 and 134 ms instead of 83 ms at batch 8 (BUILD_NOTES.md).
+The q/k/v and gate/up projections are fused into single matmuls at load time: at decode time this
 model is memory-bound, and fewer, larger dots keep XLA:CPU close to the weight-read bound.
 
-Params layout (D hidden, H heads, K kv heads, hd head_dim, F mlp width, L layers, V vocab):
-  embed [V, D]; final_norm [D]; lm_head [D, V] (for tied models a copy of embed.T, see loading)
-  layers: attn_norm [L, D], qkv [L, D, (H+2K)*hd], qkv_bias [L, (H+2K)*hd] (Qwen2),
-          q_norm/k_norm [L, hd] (Qwen3), o [L, H*hd, D], mlp_norm [L, D],
-          gate_up [L, D, 2F], down [L, F, D]
+Params layout (D hidden, H heads, K kv heads, hd head_dim, F mlp width, V vocab):
+  embed [V, D]; final_norm [D]; lm_head [V, D] only for untied models (tied ones project with
+  embed itself)
+  layers[i]: attn_norm [D], qkv [D, (H+2K)*hd], qkv_bias [(H+2K)*hd] (Qwen2),
+             q_norm/k_norm [hd] (Qwen3), o [H*hd, D], mlp_norm [D], gate_up [D, 2F], down [D, F]
+Projections that read a small input into a wide output are stored [in, out]; `down` and the
+output head, which contract a wide input or produce a huge output, keep HF's [out, in]: each
+layout measured faster for its shape on XLA:CPU at batch 1 and 8 (BUILD_NOTES.md).
 """
 from __future__ import annotations
 
@@ -58,7 +65,6 @@ def forward(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: ja
     prefill does not pay for [B, S, V] logits. Returns (fp32 logits, new cache).
     """
     b, s = tokens.shape
-    layers = params["layers"]
     dtype = params["embed"].dtype
     x = params["embed"][tokens].astype(dtype)
     cos, sin = rope_tables(jnp.asarray(inverse_frequencies(cfg)), positions)
@@ -66,10 +72,8 @@ def forward(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: ja
     rows, heads = jnp.arange(b)[:, None, None], jnp.arange(cfg.num_kv_heads)[None, :, None]
     slots = write_slots[:, None, :]
     h_q, h_kv, hd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.head_dim
-
-    def layer(carry, xs):
-        x, keys, values = carry
-        w, idx = xs
+    keys, values = cache.keys, cache.values
+    for i, w in enumerate(params["layers"]):
         h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
         qkv = jnp.einsum("bsd,de->bse", h, w["qkv"])
         if cfg.qkv_bias:
@@ -82,25 +86,18 @@ def forward(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: ja
             k = rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v = (t.transpose(0, 2, 1, 3).astype(keys.dtype) for t in (k, v))  # [B, K, S, hd]
-        layer_keys = keys[idx].at[rows, heads, slots].set(k, mode="drop")
-        layer_values = values[idx].at[rows, heads, slots].set(v, mode="drop")
-        keys = jax.lax.dynamic_update_index_in_dim(keys, layer_keys, idx, 0)
-        values = jax.lax.dynamic_update_index_in_dim(values, layer_values, idx, 0)
-        attn = _attention(q, layer_keys, layer_values, positions, cfg)
+        keys = keys.at[i, rows, heads, slots].set(k, mode="drop")
+        values = values.at[i, rows, heads, slots].set(v, mode="drop")
+        attn = _attention(q, keys[i], values[i], positions, cfg)
         x = x + jnp.einsum("bse,ed->bsd", attn, w["o"])
         h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
-        gate_up = jnp.einsum("bsd,df->bsf", h, w["gate_up"])
-        gate, up = jnp.split(gate_up, 2, axis=-1)
-        x = x + jnp.einsum("bsf,fd->bsd", jax.nn.silu(gate) * up, w["down"])
-        return (x, keys, values), None
-
-    (x, keys, values), _ = jax.lax.scan(
-        layer, (x, cache.keys, cache.values), (layers, jnp.arange(cfg.num_layers)))
+        gate, up = jnp.split(jnp.einsum("bsd,df->bsf", h, w["gate_up"]), 2, axis=-1)
+        x = x + jnp.einsum("bsf,df->bsd", jax.nn.silu(gate) * up, w["down"])
     if logits_index is not None:
         x = x[jnp.arange(b), logits_index][:, None, :]
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-    head = params["lm_head"] if "lm_head" in params else params["embed"].T
-    logits = jnp.einsum("bsd,dv->bsv", x, head, preferred_element_type=jnp.float32)
+    head = params["lm_head"] if "lm_head" in params else params["embed"]
+    logits = jnp.einsum("bsd,vd->bsv", x, head, preferred_element_type=jnp.float32)
     if logits_index is not None:
         logits = logits[:, 0]
     ends = jnp.max(jnp.where(valid, positions + 1, 0), axis=1).astype(jnp.int32)

@@ -82,49 +82,48 @@ def resolve_model(spec: str) -> ModelSource:
 
 
 # ---------------------------------------------------------------------------------------------
-# Assembling the stacked pytree from per-layer HF-named tensors.
+# Assembling the params pytree (a list of per-layer dicts) from per-layer HF-named tensors.
 
-def _stack_params(cfg: DecoderConfig, get: Callable[[str], np.ndarray], has: Callable[[str], bool],
+def _assemble_params(cfg: DecoderConfig, get: Callable[[str], np.ndarray], has: Callable[[str], bool],
                   dtype) -> dict[str, Any]:
-    """`get(hf_name)` returns a numpy array in HF layout ([out, in] for linear weights)."""
+    """`get(hf_name)` returns a numpy array in HF layout ([out, in] for linear weights).
+
+    Layouts follow the decoder's docstring: q/k/v, o and gate/up transposed to [in, out]; down
+    and the output head kept [out, in]; a tied model gets no lm_head leaf (it projects with embed).
+    """
+
+    def as_param(a):
+        return jnp.asarray(np.ascontiguousarray(a), dtype=dtype)
 
     def linear(name):  # HF [out, in] -> ours [in, out]
-        return np.ascontiguousarray(get(name).T)
+        return get(name).T
 
-    def stacked(fn):
-        return jnp.asarray(np.stack([fn(i) for i in range(cfg.num_layers)]), dtype=dtype)
+    def layer(i):
+        p = f"model.layers.{i}."
+        weights = {
+            "attn_norm": get(p + "input_layernorm.weight"),
+            "qkv": np.concatenate([linear(p + f"self_attn.{n}_proj.weight") for n in "qkv"], axis=1),
+            "o": linear(p + "self_attn.o_proj.weight"),
+            "mlp_norm": get(p + "post_attention_layernorm.weight"),
+            "gate_up": np.concatenate([linear(p + f"mlp.{n}_proj.weight") for n in ("gate", "up")], axis=1),
+            "down": get(p + "mlp.down_proj.weight"),
+        }
+        if cfg.qkv_bias:
+            weights["qkv_bias"] = np.concatenate([get(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
+        if cfg.qk_norm:
+            weights["q_norm"] = get(p + "self_attn.q_norm.weight")
+            weights["k_norm"] = get(p + "self_attn.k_norm.weight")
+        return {k: as_param(v) for k, v in weights.items()}
 
-    p = "model.layers.{}."
-    layers = {
-        "attn_norm": stacked(lambda i: get(p.format(i) + "input_layernorm.weight")),
-        "qkv": stacked(lambda i: np.concatenate(
-            [linear(p.format(i) + f"self_attn.{n}_proj.weight") for n in "qkv"], axis=1)),
-        "o": stacked(lambda i: linear(p.format(i) + "self_attn.o_proj.weight")),
-        "mlp_norm": stacked(lambda i: get(p.format(i) + "post_attention_layernorm.weight")),
-        "gate_up": stacked(lambda i: np.concatenate(
-            [linear(p.format(i) + f"mlp.{n}_proj.weight") for n in ("gate", "up")], axis=1)),
-        "down": stacked(lambda i: linear(p.format(i) + "mlp.down_proj.weight")),
-    }
-    if cfg.qkv_bias:
-        layers["qkv_bias"] = stacked(lambda i: np.concatenate(
-            [get(p.format(i) + f"self_attn.{n}_proj.bias") for n in "qkv"]))
-    if cfg.qk_norm:
-        layers["q_norm"] = stacked(lambda i: get(p.format(i) + "self_attn.q_norm.weight"))
-        layers["k_norm"] = stacked(lambda i: get(p.format(i) + "self_attn.k_norm.weight"))
     params = {
-        "embed": jnp.asarray(get("model.embed_tokens.weight"), dtype=dtype),
-        "layers": layers,
-        "final_norm": jnp.asarray(get("model.norm.weight"), dtype=dtype),
+        "embed": as_param(get("model.embed_tokens.weight")),
+        "layers": [layer(i) for i in range(cfg.num_layers)],
+        "final_norm": as_param(get("model.norm.weight")),
     }
     if not cfg.tie_word_embeddings:
         if not has("lm_head.weight"):
             raise ModelLoadError("checkpoint has untied embeddings but no lm_head.weight tensor")
-        params["lm_head"] = jnp.asarray(linear("lm_head.weight"), dtype=dtype)
-    else:
-        # Tied models get their own [D, V] copy of the output head: the vocabulary projection is
-        # the largest single matmul of a decode step, and XLA:CPU runs it ~15-20% faster with the
-        # contraction over rows (measured in BUILD_NOTES.md) than through embed.T. Costs V*D extra.
-        params["lm_head"] = jnp.asarray(np.ascontiguousarray(get("model.embed_tokens.weight").T), dtype=dtype)
+        params["lm_head"] = as_param(get("lm_head.weight"))
     return params
 
 
@@ -163,7 +162,7 @@ def load_safetensors_params(directory: Path, cfg: DecoderConfig, dtype) -> dict[
                 f"incomplete or not a {cfg.arch} model")
         return np.asarray(where[name].get_tensor(name).astype(jnp.float32))
 
-    return _stack_params(cfg, get, has, dtype)
+    return _assemble_params(cfg, get, has, dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +210,7 @@ def load_gguf_params(path: Path, cfg: DecoderConfig, dtype) -> dict[str, Any]:
             raise ModelLoadError(f"tensor for {name!r} missing from {path}")
         return tensors[name]
 
-    return _stack_params(cfg, get, tensors.__contains__, dtype)
+    return _assemble_params(cfg, get, tensors.__contains__, dtype)
 
 
 # ---------------------------------------------------------------------------------------------

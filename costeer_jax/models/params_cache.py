@@ -1,6 +1,6 @@
 """A disk cache of converted params, so repeated runs skip safetensors/GGUF conversion.
 
-Converting a checkpoint (GGUF dequantisation, fusing q/k/v and gate/up, stacking layers, casting)
+Converting a checkpoint (GGUF dequantisation, fusing q/k/v and gate/up, transposing, casting)
 costs far more than reading the result back. `load_model_cached` keys each converted params
 pytree by what it was converted from, stores it with orbax-checkpoint, and on later runs restores
 it straight into the requested layout: with a mesh, every device receives only its own slices.
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # Bump whenever the params pytree that loading.py produces changes (names, fusion, layout): old
 # entries then stop matching instead of restoring a stale layout.
-CACHE_FORMAT_VERSION = 2  # 2: tied models carry an lm_head copy
+CACHE_FORMAT_VERSION = 3  # 2: tied models carried an lm_head copy; 3: per-layer list, [out, in] down/head
 META_FILE, PARAMS_DIR = "meta.json", "params"
 
 
@@ -73,7 +73,7 @@ def cache_key(source: loading.ModelSource, dtype) -> str:
 # Save / load
 
 def _leaf_path(path) -> str:
-    return "/".join(str(getattr(k, "key", k)) for k in path)
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
 def _cfg_to_json(cfg: DecoderConfig) -> dict:
@@ -138,7 +138,17 @@ def _nest(flat: dict[str, Any]) -> dict:
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    return out
+    return _lists_back(out)
+
+
+def _lists_back(node):
+    """Paths flatten a list's items to '0', '1', ...: turn such dicts back into lists."""
+    if not isinstance(node, dict):
+        return node
+    node = {k: _lists_back(v) for k, v in node.items()}
+    if node and all(k.isdigit() for k in node):
+        return [node[str(i)] for i in range(len(node))]
+    return node
 
 
 def load_params(directory: str | os.PathLike, expected_cfg: DecoderConfig, mesh=None):
