@@ -26,7 +26,9 @@ from costeer_jax.steering import (
     ada_init,
     ada_update,
     contrastive_steering,
+    costeer_delta_coefficient,
     costeer_policy,
+    costeer_policy_iterative,
     cut_vocab,
     first_rejection,
     fuse_logits,
@@ -49,6 +51,9 @@ MAX_T = 100
 # 1.3e-5), so the probability bound there is 5e-5 instead of 1e-5.
 WIDE_P_TOL = 5e-5
 costeer_jit = jax.jit(costeer_policy, static_argnames="max_T")
+# Both forms of Eq. 7: the collapsed one the kernels use, and the vocabulary-wide iteration.
+POLICY_JITS = {"collapsed": costeer_jit,
+               "iterative": jax.jit(costeer_policy_iterative, static_argnames="max_T")}
 
 
 # ----------------------------------------------------------------------------- NumPy transcription
@@ -115,18 +120,53 @@ def random_case(rng, B, V, scale, wide):
 SHAPES = [(1, 5), (2, 1000), (3, 97), (5, 333), (8, 640), (4, 12)]
 
 
+@pytest.mark.parametrize("form", sorted(POLICY_JITS))
 @pytest.mark.parametrize("wide", [False, True])
-def test_costeer_matches_numpy(wide):
+def test_costeer_matches_numpy(wide, form):
     rng = np.random.default_rng(1234 + wide)
     for B, V in SHAPES:
         llm, wo, w, hp, T = random_case(rng, B, V, rng.uniform(1.0, 6.0), wide)
-        got = costeer_jit(llm, wo, w, *hp, T, max_T=MAX_T)
+        got = POLICY_JITS[form](llm, wo, w, *hp, T, max_T=MAX_T)
         assert got.dtype == jnp.float32 and got.shape == (B, V)
         np.testing.assert_allclose(jax.nn.logsumexp(got, axis=-1), 0.0, atol=1e-5)
         assert_policy_close(got, np_costeer(llm, wo, w, *hp, T), p_tol=WIDE_P_TOL if wide else 1e-5)
 
 
-def test_costeer_per_row_T_equals_separate_rows_and_T0_is_base():
+def test_delta_coefficient_recursion_by_hand():
+    """c_1 = beta* (Eq. 16/17); c_2 and c_20 of Table 4's defaults worked out by hand / float64."""
+    c = [float(costeer_delta_coefficient(T=t)) for t in (0, 1, 2, 20)]
+    c1 = 1.0 / 2.1  # beta / (lam + 1/eta)
+    s2 = 1.0 + 2.0 * c1 + 1.0  # s_1 = beta, then + alpha c_1 + beta
+    c2 = (s2 + c1 / 10.0) / (2 * 2.0 + 0.1)  # = 3.0 / 4.1
+    s, c20 = 0.0, 0.0
+    for t in range(1, 21):
+        s = s + 2.0 * c20 + 1.0
+        c20 = (s + c20 / 10.0) / (t * 2.0 + 0.1)
+    np.testing.assert_allclose(c, [0.0, c1, c2, c20], rtol=1e-6)
+    np.testing.assert_allclose(c2, 3.0 / 4.1, rtol=1e-12)
+    # Per-row hyperparameters and T: each row follows its own recursion.
+    rows = costeer_delta_coefficient(np.array([2.0, 0.0]), np.array([1.0, 3.0]), np.array([2.0, 1.0]),
+                                     np.array([10.0, 5.0]), np.array([1, 1]), max_T=4)
+    np.testing.assert_allclose(rows, [1.0 / 2.1, 3.0 / 1.2], rtol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_collapsed_policy_equals_vocabulary_wide_iteration(scale):
+    """The one-pass form and Algorithm 1's literal T-pass loop give the same policy (paper regime),
+    and the one-pass form, with T times fewer fp32 roundings, is the closer to float64."""
+    rng = np.random.default_rng(17)
+    llm, wo, w, hp, T = random_case(rng, 8, 2048, scale, wide=False)
+    got = np.asarray(POLICY_JITS["collapsed"](llm, wo, w, *hp, T, max_T=MAX_T))
+    loop = np.asarray(POLICY_JITS["iterative"](llm, wo, w, *hp, T, max_T=MAX_T))
+    assert_policy_close(got, loop)
+    np.testing.assert_array_equal(np.argmax(got, -1), np.argmax(loop, -1))
+    exact = np.exp(np_costeer(llm, wo, w, *hp, T))
+    assert np.abs(np.exp(got) - exact).max() < np.abs(np.exp(loop) - exact).max()
+
+
+@pytest.mark.parametrize("form", sorted(POLICY_JITS))
+def test_costeer_per_row_T_equals_separate_rows_and_T0_is_base(form):
+    costeer_jit = POLICY_JITS[form]
     rng = np.random.default_rng(7)
     llm, wo, w, hp, _ = random_case(rng, 4, 50, 3.0, wide=False)
     T = np.array([0, 1, 17, 40], np.int32)
@@ -187,7 +227,9 @@ def _load_reference():
     return torch, mod.ftrl_policy
 
 
-def test_costeer_matches_torch_reference_per_row():
+@pytest.mark.parametrize("form", sorted(POLICY_JITS))
+def test_costeer_matches_torch_reference_per_row(form):
+    costeer_jit = POLICY_JITS[form]
     torch, ftrl_policy = _load_reference()
     rng = np.random.default_rng(99)
     for B, V, wide in [(6, 700, False), (5, 257, True), (1, 5, True)]:

@@ -3,7 +3,8 @@ AdaCoSteer gating (B.12.2), LA/CS and proxy-tuning baselines (B.8), SpecSteer ve
 (SpecSteer Eq. 7/8), vocabulary cutting and sampling.  Every function is jit-compatible."""
 from .adaptive import AdaState, ada_init, ada_update, llm_confidence
 from .baselines import contrastive_steering, fuse_logits, proxy_tuning
-from .ftrl import costeer_delta, costeer_policy, light_costeer_beta_star, light_costeer_closed_form
+from .ftrl import (costeer_delta, costeer_delta_coefficient, costeer_policy, costeer_policy_iterative,
+                   light_costeer_beta_star, light_costeer_closed_form)
 from .sampling import cut_vocab, sample_tokens
 from .speculative import first_rejection, gather_token_logprobs, residual_distribution, specsteer_accept_prob
 
@@ -17,6 +18,8 @@ __all__ = [
     "proxy_tuning",
     "costeer_delta",
     "costeer_policy",
+    "costeer_policy_iterative",
+    "costeer_delta_coefficient",
     "light_costeer_beta_star",
     "light_costeer_closed_form",
     "cut_vocab",
