@@ -43,17 +43,8 @@ def costeer_delta(slm_wo_logits, slm_w_logits) -> jnp.ndarray:
     return jax.nn.log_softmax(f32(slm_w_logits), axis=-1) - jax.nn.log_softmax(f32(slm_wo_logits), axis=-1)
 
 
-def costeer_policy_iterative(
-    llm_logits,
-    slm_wo_logits,
-    slm_w_logits,
-    alpha=2.0,
-    beta=1.0,
-    lam=2.0,
-    eta=10.0,
-    T=20,
-    max_T: int | None = None,
-) -> jnp.ndarray:
+def costeer_policy_iterative(llm_logits, slm_wo_logits, slm_w_logits, alpha=2.0, beta=1.0, lam=2.0, eta=10.0,
+                             T=20, max_T: int | None = None) -> jnp.ndarray:
     """CoSteer's iterated FTRL update (Eq. 7, Algorithm 1 lines 6-12) over the whole vocabulary.
 
     The literal transcription, T log_softmax passes over [B, V]; `costeer_policy` computes the
@@ -70,14 +61,7 @@ def costeer_policy_iterative(
     order): ``cum = cum + alpha*(player-base) + beta*delta`` then
     ``player = log_softmax((t*lam*base + cum + player/eta) / (t*lam + 1/eta))``.
 
-    Args:
-      llm_logits, slm_wo_logits, slm_w_logits: [B, V] logits (any float dtype; upcast to fp32).
-        All three must share one vocabulary: cut padded embeddings first (``cut_vocab``).
-      alpha, beta, lam, eta: scalars or per-row arrays [B] (Table 4 defaults 2, 1, 2, 10).
-      T: scalar or per-row int array [B]; row b is updated for t = 1 .. min(T[b], max_T) and
-        then frozen (T[b] <= 0 returns log pi_base for that row).
-      max_T: static scan length (the largest T in any batch that shares this compiled program).
-        If None, ``T`` must be a Python int and max_T = T.
+    Arguments as `costeer_policy`.
 
     Returns:
       The final log-policy log pi_T, [B, V] float32 (normalised: logsumexp over V is 0).
