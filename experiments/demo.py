@@ -17,12 +17,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from experiments import run_setup  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "smollm2-135m-instruct", "Checkpoint playing both LLM and SLM.")
 flags.DEFINE_integer("max_new_tokens", 48, "Tokens per answer.")
 flags.DEFINE_integer("num_prompts", 4, "How many built-in prompts to run.")
 flags.DEFINE_list("methods", ["llm_wo", "llm_w", "slm_w", "costeer", "light_costeer", "ada_costeer"],
                   "Methods to compare.")
+run_setup.define_compilation_cache_flag()
 
 LABELS = {"llm_wo": "LLM w/o", "llm_w": "LLM w/ (sees the context)", "slm_w": "SLM w/",
           "costeer": "CoSteer", "light_costeer": "LightCoSteer", "ada_costeer": "AdaCoSteer",
@@ -36,6 +39,7 @@ def main(argv):
     from costeer_jax.decoding.runner import Generator
     from costeer_jax.models.loading import load_model
 
+    run_setup.enable_compilation_cache()
     examples = demo_examples()[:FLAGS.num_prompts]
     print(f"loading {FLAGS.model} ...", file=sys.stderr)
     model = load_model(FLAGS.model)

@@ -57,6 +57,7 @@ def main(argv):
     from costeer_jax import distributed, sharding
 
     distributed.maybe_initialize_distributed(FLAGS.multihost)
+    run_setup.enable_compilation_cache()
     process_index, process_count = distributed.process_coordinates()
     mesh = sharding.make_mesh(FLAGS.mesh) if FLAGS.mesh else None
     if mesh is not None:

@@ -41,6 +41,22 @@ def define_run_flags(batch_size_default: int, batch_size_help: str) -> None:
                       "as Algorithm 1, on for sd).")
     flags.DEFINE_enum("sd_drafter", "slm_w", ["slm_w", "slm_wo"], "sd: draft with SLM+ (private context) or SLM-.")
     flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
+    define_compilation_cache_flag()
+
+
+def define_compilation_cache_flag() -> None:
+    flags.DEFINE_string("compilation_cache_dir", None,
+                        "Persistent XLA compilation cache: later runs with the same shapes skip compiling "
+                        "(default: $JAX_COMPILATION_CACHE_DIR or ~/.cache/costeer_jax/xla; empty turns it off).")
+
+
+def enable_compilation_cache() -> None:
+    from costeer_jax.compilation_cache import enable_compilation_cache as enable
+
+    try:
+        enable(FLAGS.compilation_cache_dir)
+    except OSError as e:
+        raise app.UsageError(str(e)) from None
 
 
 def load_examples():

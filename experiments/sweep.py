@@ -102,6 +102,7 @@ def main(argv):
     # One program for the whole grid: the FTRL scan runs to the largest T, masked per row.
     method = get_method(method_name, max_T=sweep.max_T(configs), speculative=run_setup.speculative_options(method_name))
     examples = run_setup.load_examples()
+    run_setup.enable_compilation_cache()
     t0 = time.perf_counter()
     models = run_setup.load_models(method)
     load_seconds = time.perf_counter() - t0

@@ -138,6 +138,29 @@ def cli(*args, timeout=300):
                           capture_output=True, text=True, timeout=timeout, cwd=REPO_ROOT)
 
 
+def test_cli_persistent_compilation_cache(tiny_chat_models, tmp_path):
+    """The first run fills --compilation_cache_dir; a second run with the same shapes compiles
+    nothing new (it loads every program from the cache) and writes the same tokens."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": e.id, "input": e.query, "personalized_input": e.personalized_query}) + "\n"
+                               for e in EXAMPLES))
+    cache = tmp_path / "xla"
+    common = [f"--llm={tiny_chat_models['llm']}", f"--slm={tiny_chat_models['slm']}", f"--prompts_file={prompts}",
+              "--method=costeer", "--max_new_tokens=4", "--batch_size=2", "--progress=false",
+              f"--compilation_cache_dir={cache}"]
+    first = cli(*common, f"--output={tmp_path / 'first.jsonl'}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    entries = sorted(p.name for p in cache.iterdir())
+    assert any("decode" in name for name in entries), entries
+    second = cli(*common, f"--output={tmp_path / 'second.jsonl'}")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert sorted(p.name for p in cache.iterdir()) == entries
+    tokens = lambda name: {r["id"]: r["token_ids"] for r in map(json.loads, (tmp_path / name).read_text().splitlines())}
+    assert tokens("first.jsonl") == tokens("second.jsonl")
+    off = cli(*common[:-1], "--compilation_cache_dir=", f"--output={tmp_path / 'off.jsonl'}")
+    assert off.returncode == 0 and tokens("off.jsonl") == tokens("first.jsonl")
+
+
 def test_cli_end_to_end_and_errors(tiny_chat_models, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": e.id, "input": e.query, "personalized_input": e.personalized_query}) + "\n"
