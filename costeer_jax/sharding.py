@@ -9,8 +9,8 @@ Shardings only change where data lives: the jitted programs are the same functio
 the collectives, so a sharded run computes the same numbers up to float summation order (row-split
 matmuls add partial sums across the 'model' axis).
 
-Tensor parallelism over 'model': qkv and gate_up are split by output column, o and down by input
-row, the output head by vocabulary, the KV cache by kv head. A logical axis whose unit count
+Tensor parallelism over 'model': qkv and gate_up are split by output feature, o and down by input
+feature (o's rows, down's [D, F] columns), the output head by vocabulary, the KV cache by kv head. A logical axis whose unit count
 (query heads for o, kv heads for the cache, vocab rows, mlp width) does not divide the 'model'
 axis is replicated instead, leaf by leaf, and `sharding_notes` says which and how to avoid it.
 
@@ -125,7 +125,7 @@ LOGICAL_AXIS_RULES: dict[str, str | None] = {
     "heads": MODEL,  # o's input rows: H * head_dim
     "qkv": MODEL,  # fused q|k|v output columns: (H + 2K) * head_dim
     "kv_heads": MODEL,
-    "mlp": MODEL,  # gate_up's output columns, down's input rows
+    "mlp": MODEL,  # gate_up's output columns, down's [D, F] input columns
     "layers": None,  # the KV cache's layer axis: every device runs every layer
     "head_dim": None,
     "cache_len": None,

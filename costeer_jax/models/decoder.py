@@ -4,8 +4,8 @@ Parameters are a plain pytree: global tensors plus `layers`, a list of per-layer
 its own buffer. The forward is a Python loop over that list (unrolled into the compiled program,
 as jax-ml/jax-llm-examples does). A `lax.scan` over weights stacked on a layer axis compiles
 smaller but on XLA:CPU copies each layer's weight slice out of the stack before its dots (a
-dynamic-slice the matmul kernels do not fuse): measured, that copying made a SmolLM2 decode step
-42 ms instead of 28 ms at batch 1 and 134 ms instead of 83 ms at batch 8 (BUILD_NOTES.md).
+dynamic-slice the matmul kernels do not fuse): measured with benchmarks/bench_step.py, that copying
+made a SmolLM2 decode step ~1.4-1.6x slower at batch 1, 8 and 24 (BUILD_NOTES.md, Performance).
 The q/k/v and gate/up projections are fused into single matmuls at load time: at decode time this
 model is memory-bound, and fewer, larger dots keep XLA:CPU close to the weight-read bound.
 

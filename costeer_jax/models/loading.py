@@ -85,7 +85,7 @@ def resolve_model(spec: str) -> ModelSource:
 # Assembling the params pytree (a list of per-layer dicts) from per-layer HF-named tensors.
 
 def _assemble_params(cfg: DecoderConfig, get: Callable[[str], np.ndarray], has: Callable[[str], bool],
-                  dtype) -> dict[str, Any]:
+                     dtype) -> dict[str, Any]:
     """`get(hf_name)` returns a numpy array in HF layout ([out, in] for linear weights).
 
     Layouts follow the decoder's docstring: q/k/v, o and gate/up transposed to [in, out]; down

@@ -10,7 +10,7 @@ Notation follows the CoSteer paper (Section 3.2, Appendix A.3):
 * Eq. 7:  pi_t ∝ exp( (sum_{i<t} u_i + t lam log pi_0 + (1/eta) log pi_{t-1}) / (t lam + 1/eta) ),
   with pi_0 = pi_base.
 
-**The T iterations stay on one line through the vocabulary.** Every quantity of Eq. 7 is an
+**The T iterations collapse to one vocabulary pass.** Every quantity of Eq. 7 is an
 affine combination of log pi_base and Delta plus a per-row constant, and log_softmax discards the
 constant. By induction, log pi_t = log_softmax(log pi_base + c_t Delta) with a per-row scalar c_t:
 if log pi_{t-1} = log pi_base + c_{t-1} Delta + k, then u_{t-1} = (alpha c_{t-1} + beta) Delta + alpha k,
