@@ -205,8 +205,8 @@ def logical_to_spec(logical_axes: Sequence[str], rules: Mapping[str, str | None]
 
 def _leaf_path(path) -> str:
     """'/'-joined keys, list indices dropped: layers/3/qkv -> layers/qkv."""
-    return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path
-                    if not isinstance(k, jax.tree_util.SequenceKey))
+    return jax.tree_util.keystr(tuple(k for k in path if not isinstance(k, jax.tree_util.SequenceKey)),
+                                simple=True, separator="/")
 
 
 def _checked_spec(spec: P, shape: Sequence[int], axis_sizes: Mapping[str, int], where: str,

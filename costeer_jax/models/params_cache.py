@@ -73,7 +73,7 @@ def cache_key(source: loading.ModelSource, dtype) -> str:
 # Save / load
 
 def _leaf_path(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+    return jax.tree_util.keystr(path, simple=True, separator="/")  # e.g. layers/3/qkv
 
 
 def _cfg_to_json(cfg: DecoderConfig) -> dict:
