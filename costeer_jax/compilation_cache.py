@@ -16,10 +16,9 @@ ENV_VAR = "JAX_COMPILATION_CACHE_DIR"  # jax's own variable; honoured when no di
 
 
 def default_directory() -> str:
-    if os.environ.get(ENV_VAR):
-        return os.environ[ENV_VAR]
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return str(Path(base) / "costeer_jax" / "xla")
+    from costeer_jax.cache_dirs import xla_dir
+
+    return os.environ.get(ENV_VAR) or str(xla_dir())
 
 
 def enable_compilation_cache(directory: str | None = None) -> str | None:

@@ -42,14 +42,15 @@ flags.DEFINE_float("spec_lambda", DEFAULT_HYPER["spec_lambda"], "SpecSteer verif
 flags.DEFINE_float("spec_beta", DEFAULT_HYPER["spec_beta"], "SpecSteer recovery steering strength beta (Eq. 8).")
 flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:8 or data:2,model:4 (default: one device).")
 flags.DEFINE_bool("multihost", None, "Call jax.distributed.initialize() (default: detect a TPU slice).")
-flags.DEFINE_string("params_cache", None, "Folder for converted params (orbax); restarts skip conversion.")
 
 
 def main(argv):
     del argv
+    from costeer_jax.decoding.hyperparams import check_hyper
     from costeer_jax.decoding.methods import get_method
     from costeer_jax.decoding.runner import Generator, Sampling, generate_to_file
 
+    run_setup.maybe_list_models()
     if not FLAGS.output:
         raise app.UsageError("--output is required (a jsonl path)")
     if FLAGS.batch_size < 1 or FLAGS.max_new_tokens < 1:
@@ -67,14 +68,16 @@ def main(argv):
         examples = distributed.host_shard(examples, process_index, process_count)
     output = distributed.shard_output_path(FLAGS.output, process_index, process_count)
     method = get_method(FLAGS.method, max_T=max(FLAGS.T, 1), speculative=run_setup.speculative_options(FLAGS.method))
-    t0 = time.perf_counter()
-    models = run_setup.load_models(method, mesh, FLAGS.params_cache)
-    load_seconds = time.perf_counter() - t0
     hyper = {k: getattr(FLAGS, k) for k in method.hyper_keys}
+    # Refuse bad values before minutes of loading (the Generator prints the degenerate-value warnings).
+    check_hyper(hyper)
+    sampling = Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed)
+    t0 = time.perf_counter()
+    models = run_setup.load_models(method, mesh)
+    load_seconds = time.perf_counter() - t0
     generator = Generator(
         method, models, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
-        sampling=Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed), hyper=hyper,
-        mesh=mesh)
+        sampling=sampling, hyper=hyper, mesh=mesh)
     config = {**hyper, **run_setup.static_config(generator, FLAGS.method)}
     extra = {"config": config} if config else None
     figures = generate_to_file(generator, examples, Path(output), progress=FLAGS.progress,

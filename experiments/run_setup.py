@@ -14,9 +14,16 @@ def define_run_flags(batch_size_default: int, batch_size_help: str) -> None:
     """The model, input, decoding and speculative flags both entry points take."""
     from costeer_jax.models.loading import DEFAULT_MODEL
 
-    flags.DEFINE_string("llm", DEFAULT_MODEL, "Cloud LLM: HF directory, .gguf file, hub id or alias.")
-    flags.DEFINE_string("slm", DEFAULT_MODEL, "Local SLM: HF directory, .gguf file, hub id or alias.")
-    flags.DEFINE_string("slm_sft", None, "Fine-tuned SLM for --method=proxy_tuning.")
+    flags.DEFINE_string("llm", DEFAULT_MODEL, "Cloud LLM: registered alias (--list_models), HF directory, "
+                        ".gguf file or hub id.")
+    flags.DEFINE_string("slm", DEFAULT_MODEL, "Local SLM: registered alias (--list_models), HF directory, "
+                        ".gguf file or hub id.")
+    flags.DEFINE_string("slm_sft", None, "Fine-tuned SLM for --method=proxy_tuning (alias, directory or file).")
+    flags.DEFINE_bool("list_models", False, "Print the registered offline models (aliases for --llm/--slm) "
+                      "and whether they are installed, then exit.")
+    flags.DEFINE_string("params_cache", None,
+                        "Folder of converted params, memory-mapped by later runs (default: "
+                        "$COSTEER_JAX_CACHE/params, i.e. ~/.cache/costeer_jax/params; empty turns it off).")
     flags.DEFINE_string("prompts_file", None, 'jsonl rows {"id", "input", "personalized_input"}.')
     flags.DEFINE_string("task", None, "Benchmark task name (see costeer_jax.data.TASKS).")
     flags.DEFINE_string("preference", None, "concise|creative|uplifting|verbose for preference tasks.")
@@ -50,6 +57,15 @@ def define_compilation_cache_flag() -> None:
                         "(default: $JAX_COMPILATION_CACHE_DIR or ~/.cache/costeer_jax/xla; empty turns it off).")
 
 
+def maybe_list_models() -> None:
+    """--list_models: the registry table, then exit (before any other flag is checked)."""
+    if FLAGS.list_models:
+        from costeer_jax.models.registry import list_models_text
+
+        print(list_models_text())
+        sys.exit(0)
+
+
 def enable_compilation_cache() -> None:
     from costeer_jax.compilation_cache import enable_compilation_cache as enable
 
@@ -70,7 +86,7 @@ def load_examples():
     return data.load_task(FLAGS.task, FLAGS.data_dir, FLAGS.preference, FLAGS.limit)
 
 
-def load_models(method, mesh=None, params_cache=None):
+def load_models(method, mesh=None):
     """One checkpoint serving several roles is loaded (and run) once; with a mesh, params are
     placed sharded and every replication fallback is reported."""
     from costeer_jax.decoding.methods import LLM, SLM, SLM_SFT, STREAMS
@@ -84,7 +100,7 @@ def load_models(method, mesh=None, params_cache=None):
     for role in sorted(roles):
         spec = specs[role]
         if spec not in loaded:
-            loaded[spec] = load_model_cached(spec, FLAGS.dtype, params_cache, mesh=mesh)
+            loaded[spec] = load_model_cached(spec, FLAGS.dtype, FLAGS.params_cache, mesh=mesh)
             if mesh is not None:
                 from costeer_jax import sharding
 

@@ -89,6 +89,7 @@ def main(argv):
     from costeer_jax.decoding.methods import get_method
     from costeer_jax.decoding.runner import Generator, Sampling
 
+    run_setup.maybe_list_models()
     if not FLAGS.output_dir:
         raise app.UsageError("--output_dir is required (a folder; one jsonl per configuration)")
     try:
@@ -102,13 +103,14 @@ def main(argv):
     # One program for the whole grid: the FTRL scan runs to the largest T, masked per row.
     method = get_method(method_name, max_T=sweep.max_T(configs), speculative=run_setup.speculative_options(method_name))
     examples = run_setup.load_examples()
+    sampling = Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed)
     run_setup.enable_compilation_cache()
     t0 = time.perf_counter()
     models = run_setup.load_models(method)
     load_seconds = time.perf_counter() - t0
     generator = Generator(
         method, models, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
-        sampling=Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed))
+        sampling=sampling)
     static_config = run_setup.static_config(generator, method_name)
     try:
         figures = sweep.run_sweep(generator, examples, configs, FLAGS.output_dir, progress=FLAGS.progress,

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from costeer_jax.decoding import engine, speculative
+from costeer_jax.decoding.hyperparams import check_hyper, check_sampling
 from costeer_jax.decoding.methods import (LLM, PERSONALIZED, SLM, SLM_SFT, STREAMS, Method,
                                           hyper_arrays, steering_active)
 from costeer_jax.models.cache import round_up
@@ -32,6 +33,9 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
+
+    def __post_init__(self):
+        check_sampling(self.greedy, self.temperature, self.top_p)
 
 
 @dataclasses.dataclass
@@ -96,6 +100,8 @@ class Generator:
         self.mesh = mesh  # a jax.sharding.Mesh: batch rows go on its 'data' axis
         self.max_new_tokens, self.batch_size, self.sampling = max_new_tokens, batch_size, sampling
         self.hyper = hyper or {}
+        for note in check_hyper(self.hyper):
+            print(f"warning: {note}", file=sys.stderr)
         self.layout, self.group_models = build_layout(method, models)
         roles = {STREAMS[s][0] for s in method.streams}
         used = [models[r] for r in (LLM, SLM, SLM_SFT) if r in roles]

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from costeer_jax.decoding.hyperparams import check_hyper
 from costeer_jax.decoding.methods import DEFAULT_HYPER, Method
 from costeer_jax.decoding.runner import Generator, RunFigures, repair_torn_tail
 
@@ -150,6 +151,10 @@ def expand_grid(method: Method, grid: Mapping[str, Sequence[Any]], fixed: Mappin
         hyper.update(base)
         hyper.update(point)
         hyper = {k: (int(v) if k in INTEGER_KEYS else float(v)) for k, v in hyper.items()}
+        try:
+            check_hyper(hyper)
+        except ValueError as e:
+            raise SweepError(f"{where}: {config_name(method.name, point)}: {e}") from None
         configs.append(SweepConfig(config_name(method.name, point), tuple(point), hyper))
     return configs
 
@@ -226,6 +231,8 @@ def run_sweep(generator: Generator, examples: Iterable, configs: Sequence[SweepC
         unknown = sorted(set(config.hyper) - set(generator.method.hyper_keys))
         if unknown:
             raise SweepError(f"{config.name}: {unknown} are not hyperparameters of {generator.method.name}")
+        for note in check_hyper(config.hyper, config.name):
+            print(f"warning: {note}", file=sys.stderr)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     row_configs = [{**c.hyper, **(static_config or {})} for c in configs]
