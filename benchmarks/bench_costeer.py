@@ -1,9 +1,16 @@
-"""CoSteer throughput vs the PyTorch reference loop, measured in the same run.
+"""CoSteer throughput vs the PyTorch reference loop, measured in the same run, held against the
+machine's rooflines.
 
-Reports: CoSteer (T=20) tokens/s at batch 1, 8 and 32 with the SmolLM2 self-pair; T=20 vs T=1
-vs plain LLM decoding at batch 8; and the steering math's share of a decode step at T=20.
+Reports CoSteer (T=20) tokens/s at each batch size, T=20 vs T=1 vs plain LLM decoding at batch
+8, the steering math's share of a step, and, per batch size, the two bounds a step cannot beat
+on this machine: the weight-read bound (bytes of weights one CoSteer step reads, LLM + SLM, over
+the measured read bandwidth) and the compute bound (matmul FLOPs of the step's rows over the
+measured matmul throughput). `ratio_vs_reference` is ours over the reference; `bound_ratio` is
+what that ratio could be at the bound.
 
-  python benchmarks/bench_costeer.py [--max_new_tokens 32]
+  python benchmarks/bench_costeer.py                                   # SmolLM2 self-pair, batch 1,8,32
+  python benchmarks/bench_costeer.py --llm qwen2.5-coder-1.5b-instruct \\
+      --slm qwen2.5-coder-0.5b-instruct --batch_sizes 1,16                 # the real pair
 """
 from __future__ import annotations
 
@@ -11,7 +18,8 @@ import argparse
 import json
 import time
 
-from common import bench_examples, machine_note, run_reference, time_generator
+from common import (bench_examples, load_pair, machine_note, matmul_flops, matmul_throughput, read_bandwidth,
+                    run_reference, time_generator, weight_bytes_read)
 
 
 def steering_share(batch: int, vocab: int, step_seconds: float) -> dict:
@@ -39,34 +47,54 @@ def steering_share(batch: int, vocab: int, step_seconds: float) -> dict:
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--llm", default="smollm2-135m-instruct")
+    ap.add_argument("--slm", default=None, help="default: the LLM (self-pair)")
     ap.add_argument("--max_new_tokens", type=int, default=32)
     ap.add_argument("--batch_sizes", default="1,8,32")
     ap.add_argument("--reference_prompts", type=int, default=4)
+    ap.add_argument("--compare_batch", type=int, default=8, help="batch of the T=20 / T=1 / llm_wo comparison")
     a = ap.parse_args()
+    slm = a.slm or a.llm
     from costeer_jax.decoding import methods
     from costeer_jax.decoding.runner import Generator
-    from costeer_jax.models.loading import load_model
 
-    ref = run_reference("costeer", bench_examples(a.reference_prompts), a.max_new_tokens)
-    model = load_model("smollm2-135m-instruct")
-    pair = {methods.LLM: model, methods.SLM: model}
-    results = {"reference_costeer": ref, "machine": machine_note()}
+    ref = run_reference("costeer", bench_examples(a.reference_prompts), a.max_new_tokens, llm=a.llm, slm=slm)
+    pair = load_pair(a.llm, slm)
+    llm, slm_model = pair[methods.LLM], pair[methods.SLM]
+    results = {"llm": a.llm, "slm": slm, "reference_costeer": ref, "machine": machine_note()}
+    bandwidth, flops_per_s = read_bandwidth(), matmul_throughput()
+    self_pair = llm is slm_model
+    # A CoSteer step reads each model's weights once (the SLM's two streams share its forward;
+    # with one checkpoint the SLM-w/o stream *is* the LLM stream).
+    step_bytes = weight_bytes_read(llm) + (0 if self_pair else weight_bytes_read(slm_model))
+    token_flops = matmul_flops(llm) * (2 if self_pair else 1) + matmul_flops(slm_model) * (0 if self_pair else 2)
+    ref_step = 1.0 / ref["tokens_per_s"]
+    results["roofline"] = {"read_GB_per_s": round(bandwidth / 1e9, 1), "matmul_GFLOP_per_s": round(flops_per_s / 1e9, 1),
+                           "weight_GB_per_step": round(step_bytes / 1e9, 2),
+                           "GFLOP_per_costeer_token": round(token_flops / 1e9, 2)}
 
-    def measure(method, bs, n_prompts=None):
+    def measure(method, bs):
         gen = Generator(methods.get_method(method), pair, max_new_tokens=a.max_new_tokens, batch_size=bs)
-        r = time_generator(gen, bench_examples(n_prompts or max(bs, 8)))
+        r = time_generator(gen, bench_examples(max(bs, 8)))
         r["ratio_vs_reference"] = round(r["tokens_per_s"] / ref["tokens_per_s"], 2)
         return r
 
     for bs in map(int, a.batch_sizes.split(",")):
-        results[f"costeer_T20_batch{bs}"] = measure("costeer", bs)
-    results["light_costeer_T1_batch8"] = measure("light_costeer", 8)
-    results["llm_wo_batch8"] = measure("llm_wo", 8)
-    b8 = results["costeer_T20_batch8"]
-    # A CoSteer step at batch 8 runs 16 model rows (the self-pair's SLM-w/o stream is the LLM
-    # stream); its per-step time bounds the steering share from above.
-    step = b8["seconds"] / (b8["tokens"] / 8)
-    results["steering_math_T20"] = steering_share(8, len(model.tokenizer), step)
+        r = measure("costeer", bs)
+        bound_step = max(step_bytes / bandwidth, bs * token_flops / flops_per_s)
+        r["bound_seconds_per_step"] = round(bound_step, 4)
+        r["bound_kind"] = "weight-read" if step_bytes / bandwidth >= bs * token_flops / flops_per_s else "compute"
+        r["bound_ratio"] = round(bs * ref_step / bound_step, 2)
+        r["seconds_per_step"] = round(bs / r["tokens_per_s"], 4)
+        results[f"costeer_T20_batch{bs}"] = r
+    cb = a.compare_batch
+    results[f"light_costeer_T1_batch{cb}"] = measure("light_costeer", cb)
+    results[f"llm_wo_batch{cb}"] = measure("llm_wo", cb)
+    if f"costeer_T20_batch{cb}" not in results:
+        results[f"costeer_T20_batch{cb}"] = measure("costeer", cb)
+    compare = results[f"costeer_T20_batch{cb}"]
+    step = compare["seconds"] / (compare["tokens"] / cb)
+    results["steering_math_T20"] = steering_share(cb, len(llm.tokenizer), step)
     print(json.dumps(results, indent=1))
 
 

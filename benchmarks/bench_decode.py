@@ -18,11 +18,11 @@ def main():
     a = ap.parse_args()
     from costeer_jax.decoding import methods
     from costeer_jax.decoding.runner import Generator
-    from costeer_jax.models.loading import load_model
+    from costeer_jax.models.params_cache import load_model_cached
 
     examples = bench_examples(a.prompts)
     ref = run_reference("llm_wo", examples, a.max_new_tokens)
-    model = load_model("smollm2-135m-instruct")
+    model = load_model_cached("smollm2-135m-instruct")
     results = {"reference_llm_wo": ref, "machine": machine_note()}
     for bs in map(int, a.batch_sizes.split(",")):
         gen = Generator(methods.get_method("llm_wo"), {methods.LLM: model}, max_new_tokens=a.max_new_tokens,

@@ -1,6 +1,14 @@
 """Wall-clock speedup of SpecSteer and speculative decoding (sd) over plain LLM decoding.
 
-Two pairings, each timed against plain greedy LLM decoding (llm_wo) in the same process:
+Three pairings, each timed against plain greedy LLM decoding (llm_wo) in the same process:
+
+* qwen: the real pair of one tokenizer, Qwen2.5-Coder-1.5B-Instruct verifying drafts of
+  Qwen2.5-Coder-0.5B-Instruct (lambda swept over --qwen_lambdas), plus sd at every K. For this
+  pairing the run also measures the step times of the cost model
+  (costeer_jax.costs.speculative: drafter step, LLM and SLM- verify over K+1 positions, plain
+  LLM step), prints the speedup that model predicts from each row's own tokens per iteration
+  beside the measured one, and the speedup the same model predicts on a memory-bound
+  accelerator for the papers' pairs at the acceptance measured here.
 
 * smollm2: SmolLM2-135M-Instruct as both LLM and drafter (the only real offline weights). The
   drafter reads query + private context, the LLM the query. A drafter as large as the LLM cannot
@@ -34,7 +42,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("parts", ["smollm2", "random_llm"], "Which pairings to time.")
+flags.DEFINE_list("parts", ["smollm2", "random_llm"], "Which pairings to time: smollm2, random_llm, qwen.")
+flags.DEFINE_string("qwen_llm", "qwen2.5-coder-1.5b-instruct", "LLM of the qwen pairing.")
+flags.DEFINE_string("qwen_slm", "qwen2.5-coder-0.5b-instruct", "SLM of the qwen pairing.")
+flags.DEFINE_list("qwen_lambdas", ["0.1", "0.5", "1.0"], "SpecSteer lambdas for the qwen pairing.")
 flags.DEFINE_string("task", "ultrachat", "Prompts: query vs query + private context (see costeer_jax.data.TASKS).")
 flags.DEFINE_string("preference", "verbose", "Preference for preference tasks (verbose: rows rarely stop early).")
 flags.DEFINE_integer("limit", 4, "Examples (decoded as one batch when limit <= batch_size).")
@@ -107,7 +118,7 @@ def time_method(pairing, method_name, models, examples, *, options=None, hyper=N
            "K": options.num_draft if options else None, "lambda": (hyper or {}).get("spec_lambda"),
            "tokens": out["tokens"], "seconds": out["generate_seconds"], "cpu_seconds": round(cpu_seconds, 3),
            "tokens_per_s": out["tokens_per_s"], "compile_seconds": out["compile_seconds"],
-           "loadavg_1min": round(os.getloadavg()[0], 2)}
+           "loadavg_1min": round(os.getloadavg()[0], 2), "batch": FLAGS.batch_size}
     for key in ("acceptance_rate", "mean_accepted_length", "llm_calls_per_token", "uplink_bytes_per_token",
                 "downlink_bytes_per_token"):
         if key in out:
@@ -150,9 +161,74 @@ def run_pairing(pairing, models, examples, lambdas, sd_ks):
     return rows
 
 
+# Weights one decode step reads, in parameters (the embedding table is gathered, not read, unless
+# tied): the papers' pairs from their model cards (Qwen3-0.6B tied, 32B untied with a 151936 x 5120
+# embedding; Qwen2.5-1.5B tied, 32B untied with 152064 x 5120).
+PAPER_PAIRS = {"Qwen3-0.6B/32B": (32.76e9 - 0.78e9, 0.60e9), "Qwen2.5-1.5B/32B": (32.76e9 - 0.78e9, 1.54e9)}
+
+
+def forward_seconds(model, batch: int, positions: int, cache_len: int = 256, repeats: int = 5) -> float:
+    """One jitted forward of `positions` tokens per row on a cache already holding 96 tokens (what a
+    verify over K+1 positions, or a single-token step, costs), best of `repeats`."""
+    import dataclasses as dc
+
+    import jax
+    import jax.numpy as jnp
+
+    from costeer_jax.models.cache import init_cache
+    from costeer_jax.models.decoder import append_positions, forward
+
+    cache = init_cache(model.cfg, batch, cache_len, model.params["embed"].dtype)
+    cache = dc.replace(cache, lengths=jnp.full((batch,), 96, jnp.int32))
+    tokens = jnp.ones((batch, positions), jnp.int32)
+    valid = jnp.ones((batch, positions), bool)
+
+    @jax.jit
+    def run(params, cache, tokens):
+        logits, _ = forward(params, model.cfg, tokens, append_positions(cache, valid), valid, cache)
+        return logits
+
+    run(model.params, cache, tokens).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run(model.params, cache, tokens).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def cost_model_rows(models, rows):
+    """Step times of the cost model at this batch, each speculative row's predicted speedup from
+    its own tokens per iteration, and accelerator predictions for the papers' pairs."""
+    from costeer_jax.costs import speculative as cost
+    from costeer_jax.decoding.methods import LLM, SLM
+
+    llm, slm, batch = models[LLM], models[SLM], FLAGS.batch_size
+    step = {"llm_step": forward_seconds(llm, batch, 1), "draft_step": forward_seconds(slm, batch, 1)}
+    verify = {k: (forward_seconds(llm, batch, k + 1), forward_seconds(slm, batch, k + 1)) for k in map(int, FLAGS.Ks)}
+    measured = {"batch": batch, **{k: round(v * 1e3, 2) for k, v in step.items()},
+                "verify_ms": {k: [round(a * 1e3, 2), round(b * 1e3, 2)] for k, (a, b) in verify.items()}}
+    predictions = []
+    for row in rows:
+        if row["method"] not in ("specsteer", "sd"):
+            continue
+        k = row["K"]
+        times = cost.StepTimes(step["llm_step"], step["draft_step"], verify[k][0],
+                               verify[k][1] if row["method"] == "specsteer" else 0.0)
+        row["predicted_speedup"] = round(cost.predicted_speedup(times, k, row["mean_accepted_length"]), 3)
+        for pair, (llm_params, slm_params) in PAPER_PAIRS.items():
+            bound = cost.memory_bound_times(2 * llm_params, 2 * slm_params, 1.0, row["method"] == "specsteer")
+            predictions.append({"pair": pair, "method": row["method"], "K": k, "lambda": row["lambda"],
+                                "acceptance_rate": row["acceptance_rate"],
+                                "tokens_per_iteration": row["mean_accepted_length"],
+                                "predicted_speedup": round(cost.predicted_speedup(bound, k, row["mean_accepted_length"]), 2)})
+    return measured, predictions
+
+
 def markdown(rows):
-    cols = ["pairing", "method", "K", "lambda", "tokens", "seconds", "cpu_seconds", "speedup", "cpu_speedup",
-            "acceptance_rate", "mean_accepted_length", "llm_calls_per_token", "loadavg_1min", "identical_to_llm"]
+    cols = ["pairing", "batch", "method", "K", "lambda", "tokens", "seconds", "cpu_seconds", "speedup", "cpu_speedup",
+            "predicted_speedup", "acceptance_rate", "mean_accepted_length", "llm_calls_per_token", "loadavg_1min",
+            "identical_to_llm"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for row in rows:
         lines.append("| " + " | ".join("" if row.get(c) is None else str(row[c]) for c in cols) + " |")
@@ -163,12 +239,19 @@ def main(argv):
     del argv
     from costeer_jax import data
     from costeer_jax.decoding.methods import LLM, SLM
-    from costeer_jax.models.loading import load_model
+    from costeer_jax.models.params_cache import load_model_cached
 
     examples = data.load_task(FLAGS.task, None, FLAGS.preference, FLAGS.limit)
     load_before = os.getloadavg()
-    smol = load_model("smollm2-135m-instruct")
-    rows = []
+    if {"smollm2", "random_llm"} & set(FLAGS.parts):
+        smol = load_model_cached("smollm2-135m-instruct")
+    rows, cost_model, predictions = [], None, []
+    if "qwen" in FLAGS.parts:
+        qwen = {LLM: load_model_cached(FLAGS.qwen_llm), SLM: load_model_cached(FLAGS.qwen_slm)}
+        qwen_rows = run_pairing("qwen", qwen, examples, [float(x) for x in FLAGS.qwen_lambdas],
+                                [int(x) for x in FLAGS.Ks])
+        cost_model, predictions = cost_model_rows(qwen, qwen_rows)
+        rows += qwen_rows
     if "smollm2" in FLAGS.parts:
         rows += run_pairing("smollm2", {LLM: smol, SLM: smol}, examples, [float(x) for x in FLAGS.smol_lambdas],
                             [int(x) for x in FLAGS.Ks])
@@ -180,8 +263,16 @@ def main(argv):
     summary = {"task": FLAGS.task, "preference": FLAGS.preference, "ignore_eos": FLAGS.ignore_eos, "examples": len(examples), "batch_size": FLAGS.batch_size,
                "max_new_tokens": FLAGS.max_new_tokens, "cpu_count": os.cpu_count(),
                "loadavg_before": [round(x, 2) for x in load_before],
-               "loadavg_after": [round(x, 2) for x in os.getloadavg()], "rows": rows}
+               "loadavg_after": [round(x, 2) for x in os.getloadavg()], "rows": rows,
+               "cost_model_step_ms": cost_model, "accelerator_predictions": predictions}
     print(markdown(rows))
+    if predictions:
+        print(f"\ncost model step times (ms, batch {FLAGS.batch_size}): {json.dumps(cost_model)}")
+        print("\n| pair (memory-bound accelerator) | method | K | lambda | acceptance here | tokens/iteration | "
+              "predicted speedup |\n|---|---|---|---|---|---|---|")
+        for p in predictions:
+            print(f"| {p['pair']} | {p['method']} | {p['K']} | {p['lambda']} | {p['acceptance_rate']} | "
+                  f"{p['tokens_per_iteration']} | {p['predicted_speedup']} |")
     if FLAGS.output:
         Path(FLAGS.output).write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary))

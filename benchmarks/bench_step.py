@@ -29,9 +29,9 @@ def main():
 
     from costeer_jax.models.cache import init_cache
     from costeer_jax.models.decoder import decode_step_logits
-    from costeer_jax.models.loading import load_model
+    from costeer_jax.models.params_cache import load_model_cached
 
-    model = load_model(a.model)
+    model = load_model_cached(a.model)
     results = {"model": model.name, "machine": machine_note(), "ms_per_step": {}, "compile_seconds": {}}
     for batch in map(int, a.batch_sizes.split(",")):
         @jax.jit

@@ -38,10 +38,10 @@ def main():
     from costeer_jax.decoding import methods
     from costeer_jax.decoding.runner import Generator
     from costeer_jax.decoding.sweep import expand_grid, max_T, parse_assignments
-    from costeer_jax.models.loading import load_model
+    from costeer_jax.models.params_cache import load_model_cached
 
     results = {"machine_before": machine_note()}
-    model = load_model(a.model)
+    model = load_model_cached(a.model)
     pair = {methods.LLM: model, methods.SLM: model}
     examples = bench_examples(a.prompts)
     configs = expand_grid(methods.get_method("costeer"), parse_assignments(a.grid))

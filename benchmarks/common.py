@@ -23,8 +23,30 @@ def bench_examples(n: int) -> list[Example]:
                     base[i % len(base)].personalized_query) for i in range(n)]
 
 
-def run_reference(method: str, examples: list[Example], max_new_tokens: int, T: int = 20) -> dict:
-    """The PyTorch reference loop as a user runs it (one example at a time); its own figures."""
+def gguf_path(alias_or_path: str) -> str:
+    """The GGUF file behind a registered alias (or a path), as the reference loop takes it."""
+    from costeer_jax.models.loading import resolve_model
+
+    source = resolve_model(alias_or_path)
+    if not source.gguf_file:
+        raise SystemExit(f"the reference loop reads GGUF files; {alias_or_path} is not one")
+    return str(source.directory / source.gguf_file)
+
+
+def load_pair(llm: str, slm: str) -> dict:
+    """LLM and SLM roles, memory-mapped from the params cache; one object when they are the same."""
+    from costeer_jax.decoding import methods
+    from costeer_jax.models.params_cache import load_model_cached
+
+    llm_model = load_model_cached(llm)
+    return {methods.LLM: llm_model, methods.SLM: llm_model if slm == llm else load_model_cached(slm)}
+
+
+def run_reference(method: str, examples: list[Example], max_new_tokens: int, T: int = 20,
+                  llm: str | None = None, slm: str | None = None) -> dict:
+    """The PyTorch reference loop as a user runs it (one example at a time); its own figures.
+    llm/slm: aliases or GGUF paths (default: its own default, SmolLM2 as both)."""
+    models = [a for pair in (("--llm", llm), ("--slm", slm)) if pair[1] for a in (pair[0], gguf_path(pair[1]))]
     with tempfile.TemporaryDirectory() as d:
         prompts = Path(d) / "p.jsonl"
         prompts.write_text("".join(json.dumps({"id": e.id, "input": e.query,
@@ -33,7 +55,7 @@ def run_reference(method: str, examples: list[Example], max_new_tokens: int, T: 
         out = subprocess.run(
             [sys.executable, str(REPO_ROOT / "benchmarks" / "reference_loop.py"), "--prompts", str(prompts),
              "--out", str(Path(d) / "o.jsonl"), "--method", method, "--max-new-tokens", str(max_new_tokens),
-             "--T", str(T)], check=True, capture_output=True, text=True)
+             "--T", str(T), *models], check=True, capture_output=True, text=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -54,6 +76,57 @@ def time_generator(generator, examples: list[Example], repeats: int = 2) -> dict
     tokens, seconds = best
     return {"tokens": tokens, "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 2),
             "compile_seconds": round(generator.compile_seconds, 2)}
+
+
+def weight_bytes_read(model) -> int:
+    """Bytes of weights one decode step reads: every leaf but the embedding table, which is
+    gathered (a few rows), unless the model is tied and projects with it."""
+    import numpy as np
+
+    import jax
+
+    leaves = jax.tree_util.tree_flatten_with_path(model.params)[0]
+    tied = "lm_head" not in model.params
+    return int(sum(x.size * np.dtype(x.dtype).itemsize for path, x in leaves
+                   if tied or jax.tree_util.keystr(path, simple=True, separator="/") != "embed"))
+
+
+def matmul_flops(model) -> int:
+    """FLOPs of one token through one model's matmuls (2 per weight read), attention excluded."""
+    import numpy as np
+
+    return 2 * weight_bytes_read(model) // np.dtype(model.params["final_norm"].dtype).itemsize
+
+
+def read_bandwidth(gigabytes: float = 2.0) -> float:
+    """Bytes/s of a jitted full read of a fresh array (a sum): the memory roofline of a
+    memory-bound decode step on this backend. Best of 5."""
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.ones((int(gigabytes * 2**30) // 4,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    total(x).block_until_ready()
+    best = min(_timed(lambda: total(x).block_until_ready()) for _ in range(5))
+    return x.nbytes / best
+
+
+def matmul_throughput(m: int = 512, k: int = 1536, n: int = 8960) -> float:
+    """FLOP/s of a jitted fp32 [m, k] x [k, n] matmul (decoder-shaped): the compute roofline."""
+    import jax
+    import jax.numpy as jnp
+
+    a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+    mm = jax.jit(jnp.matmul)
+    mm(a, b).block_until_ready()
+    best = min(_timed(lambda: mm(a, b).block_until_ready()) for _ in range(5))
+    return 2 * m * k * n / best
+
+
+def _timed(f) -> float:
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
 
 
 def machine_note() -> dict:

@@ -56,14 +56,27 @@ def tiny_checkpoints(tmp_path_factory):
     return {arch: build_tiny_checkpoint(arch, root / arch) for arch in TINY_CONFIGS}
 
 
-def smollm2_available() -> bool:
-    from costeer_jax.models.loading import ModelLoadError, smollm2_package_dir
+def real_model_available(alias: str) -> bool:
+    """Every data package of a registered model is installed (make venv installs them all)."""
+    from costeer_jax.models import registry
 
     try:
-        smollm2_package_dir()
+        for part in registry.MODELS[alias].parts:
+            registry.part_path(part)
         return True
-    except ModelLoadError:
+    except registry.ModelLoadError:
         return False
+
+
+def smollm2_available() -> bool:
+    return real_model_available("smollm2-135m-instruct")
+
+
+QWEN_PAIR = ("qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct")
+
+
+def qwen_pair_available() -> bool:
+    return all(real_model_available(alias) for alias in QWEN_PAIR)
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -118,7 +118,7 @@ def test_list_models_flag_prints_every_alias_and_exits():
 
 
 def test_unknown_alias_says_where_the_aliases_are():
-    with pytest.raises(ModelLoadError, match="registered alias .*--list_models"):
+    with pytest.raises(ModelLoadError, match="does not exist: it is neither a registered alias .*--list_models"):
         resolve_model("qwen2.5-coder-7b-instruct")
 
 

@@ -65,8 +65,8 @@ def resolve_model(spec: str) -> ModelSource:
         return ModelSource(path, None, spec)
     if spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or spec.count("/") != 1:
         raise ModelLoadError(
-            f"model {spec!r} is neither a registered alias ({aliases}; `--list_models` shows them) "
-            "nor an existing path; pass a directory with config.json and *.safetensors, a .gguf file, "
+            f"model {spec!r} does not exist: it is neither a registered alias ({aliases}; "
+            "`--list_models` shows them) nor a path; pass a directory with config.json and *.safetensors, a .gguf file, "
             "or a hub id like Qwen/Qwen2.5-7B-Instruct")
     try:
         from huggingface_hub import snapshot_download
