@@ -74,8 +74,8 @@ def test_grid_expansion_and_names(configs):
 @pytest.mark.parametrize("grid, fixed, message", [
     ({"gamma": ["1"]}, {}, "unknown hyperparameter 'gamma' for method costeer .*alpha, beta, lam, eta, T"),
     ({"alpha": ["1", "x"]}, {}, "alpha='x' is not a number"),
-    ({"alpha": ["1", "nan"]}, {}, "alpha='nan' is not a finite number"),
-    ({"T": ["2.5"]}, {}, "T='2.5' must be an integer"),
+    ({"alpha": ["1", "nan"]}, {}, "alpha=nan is not a finite number"),
+    ({"T": ["2.5"]}, {}, "T=2.5 must be an integer"),
     ({"alpha": ["1", "1.0"]}, {}, "alpha repeats a value"),
     ({"alpha": []}, {}, "alpha needs a non-empty list"),
     ({}, {}, "nothing to sweep"),
