@@ -16,7 +16,6 @@ setup(
         "safetensors",
         "gguf>=0.10",
         "sentencepiece",
-        "orbax-checkpoint",
         "absl-py",
         "datasets",
         "tqdm",

@@ -124,3 +124,25 @@ def test_sweep_example_names_real_hyperparameters_and_flags():
     assert set(registered["run_options"]) <= set(registered["flags"])
     fixed_run_options = set(sweep["fixed"]) - set(method.hyper_keys)
     assert fixed_run_options <= set(registered["run_options"]), fixed_run_options - set(registered["run_options"])
+
+
+def test_real_pair_table_end_to_end_on_tiny_models(tiny_chat_models, tmp_path):
+    """The real-pair table's launcher on tiny models: every (task, method) generated, scored and
+    tabulated with speculative acceptance; a rerun resumes (decodes nothing, keeps the figures)."""
+    args = [sys.executable, str(REPO_ROOT / "launch" / "real_pair_table.py"), f"--output_dir={tmp_path}",
+            f"--llm={tiny_chat_models['llm']}", f"--slm={tiny_chat_models['slm']}", "--tasks=cogenesis:2",
+            "--methods=llm_wo,specsteer", "--max_new_tokens=3", "--batch_size=2",
+            f"--extra=--params_cache={tmp_path / 'params'},--progress=false"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = (tmp_path / "table.md").read_text().splitlines()
+    assert table[0].startswith("| method | cogenesis R-1 | R-L | METEOR | tok/s | acceptance")
+    rows = {line.split(" | ")[0].strip("| "): line for line in table[2:]}
+    assert set(rows) == {"llm_wo", "specsteer"}
+    data = json.loads((tmp_path / "table.json").read_text())
+    assert 0.0 <= data["cogenesis/specsteer"]["acceptance"] <= 1.0 and data["cogenesis/llm_wo"]["tokens_per_s"] > 0
+    figures = (tmp_path / "cogenesis" / "specsteer.figures.json").read_text()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (tmp_path / "cogenesis" / "specsteer.figures.json").read_text() == figures
+    assert len((tmp_path / "cogenesis" / "llm_wo.jsonl").read_text().splitlines()) == 2
