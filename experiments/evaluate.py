@@ -38,6 +38,8 @@ flags.DEFINE_enum("longlamp_setting", "user", ["user", "temporal"], "LongLaMP hu
 flags.DEFINE_list("metrics", None, f"Subset of {','.join(METRICS)}; default depends on the task.")
 flags.DEFINE_string("output", None, "RESULT.json; the CSV, Markdown and PNG files go beside it.")
 flags.DEFINE_list("labels", None, "Row label per prediction file (default: method name + varying config).")
+flags.DEFINE_string("leakage_tokenizer", None, "--metrics=leakage: the generating models' tokenizer (alias, "
+                    "directory or .gguf) for copied spans in tokens (words are always measured).")
 flags.DEFINE_string("nltk_data", None, "nltk_data folder with WordNet (default <repo>/.nltk_data).")
 flags.DEFINE_string("reward_model", DEFAULT_REWARD_MODEL, "Reward model: local folder or hub id.")
 flags.DEFINE_string("reward_device", "auto", "torch device for the reward model (auto, cpu, cuda).")
@@ -58,6 +60,14 @@ flags.DEFINE_float("significance_level", 0.05, "p-value threshold of the paired 
 flags.mark_flags_as_required(["predictions", "output"])
 
 
+def leakage_tokenizer():
+    if not FLAGS.leakage_tokenizer:
+        return None
+    from costeer_jax.models.loading import load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model(FLAGS.leakage_tokenizer))
+
+
 def main(argv):
     del argv
     judge = None
@@ -68,7 +78,7 @@ def main(argv):
     scorers = Scorers(
         reward_factory=functools.partial(ArmoRMScorer, FLAGS.reward_model, device=FLAGS.reward_device,
                                          dtype=FLAGS.reward_dtype, max_length=FLAGS.reward_max_length),
-        judge=judge, nltk_data_dir=FLAGS.nltk_data)
+        judge=judge, nltk_data_dir=FLAGS.nltk_data, leakage_tokenizer=leakage_tokenizer())
     results = evaluate_prediction_files(
         expand_paths(FLAGS.predictions), scorers, tasks=FLAGS.task, preferences=FLAGS.preference,
         metrics=FLAGS.metrics, data_dir=FLAGS.data_dir, split=FLAGS.split, longlamp_setting=FLAGS.longlamp_setting)

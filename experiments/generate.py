@@ -48,7 +48,7 @@ def main(argv):
     del argv
     from costeer_jax.decoding.hyperparams import check_hyper
     from costeer_jax.decoding.methods import get_method
-    from costeer_jax.decoding.runner import Generator, Sampling, generate_to_file
+    from costeer_jax.decoding.runner import Generator, Sampling, check_copy_guard, generate_to_file
 
     run_setup.maybe_list_models()
     if not FLAGS.output:
@@ -71,13 +71,14 @@ def main(argv):
     hyper = {k: getattr(FLAGS, k) for k in method.hyper_keys}
     # Refuse bad values before minutes of loading (the Generator prints the degenerate-value warnings).
     check_hyper(hyper)
+    check_copy_guard(FLAGS.method, FLAGS.copy_guard)
     sampling = Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed)
     t0 = time.perf_counter()
     models = run_setup.load_models(method, mesh)
     load_seconds = time.perf_counter() - t0
     generator = Generator(
         method, models, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
-        sampling=sampling, hyper=hyper, mesh=mesh)
+        sampling=sampling, hyper=hyper, mesh=mesh, **run_setup.generator_options())
     config = {**hyper, **run_setup.static_config(generator, FLAGS.method)}
     extra = {"config": config} if config else None
     figures = generate_to_file(generator, examples, Path(output), progress=FLAGS.progress,

@@ -47,6 +47,11 @@ def define_run_flags(batch_size_default: int, batch_size_help: str) -> None:
                       "specsteer/sd: draw a bonus token when all K drafts pass (auto: off for specsteer "
                       "as Algorithm 1, on for sd).")
     flags.DEFINE_enum("sd_drafter", "slm_w", ["slm_w", "slm_wo"], "sd: draft with SLM+ (private context) or SLM-.")
+    flags.DEFINE_integer("copy_guard", 0, "Forbid, on the edge, the token completing a verbatim copy of N tokens of "
+                         "the private context not also in the query (steering methods, SLM settings and the "
+                         "SpecSteer/SD drafter; 0: off, the papers' behaviour). A mitigation: paraphrase passes.")
+    flags.DEFINE_bool("record_cloud_view", False, "Add to each row `cloud_view`: the token ids the cloud received "
+                      "beyond the bare query (drafts included; see costeer_jax/privacy.py), and its text.")
     flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
     define_compilation_cache_flag()
 
@@ -122,11 +127,17 @@ def speculative_options(method_name: str):
         acceptance=FLAGS.acceptance, downlink_topk=FLAGS.downlink_topk, sd_drafter=FLAGS.sd_drafter)
 
 
+def generator_options() -> dict:
+    """Generator keyword arguments from the shared flags."""
+    return {"copy_guard": FLAGS.copy_guard, "record_cloud_view": FLAGS.record_cloud_view}
+
+
 def static_config(generator, method_name: str) -> dict:
     """Compile-time settings recorded in each row's `config` (beside the per-row hyperparameters)."""
+    guard = {"copy_guard": generator.copy_guard} if generator.copy_guard else {}
     if generator.spec is None:
-        return {}
-    config = dict(K=generator.spec.num_draft, bonus_token=generator.spec.bonus,
+        return guard
+    config = dict(**guard,K=generator.spec.num_draft, bonus_token=generator.spec.bonus,
                   threshold_acceptance=generator.spec.threshold_acceptance,
                   downlink_topk=generator.spec.downlink_topk)
     if method_name == "sd":

@@ -110,7 +110,7 @@ def main(argv):
     load_seconds = time.perf_counter() - t0
     generator = Generator(
         method, models, max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
-        sampling=sampling)
+        sampling=sampling, **run_setup.generator_options())
     static_config = run_setup.static_config(generator, method_name)
     try:
         figures = sweep.run_sweep(generator, examples, configs, FLAGS.output_dir, progress=FLAGS.progress,

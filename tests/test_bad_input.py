@@ -95,3 +95,10 @@ def test_cli_truncated_gguf_names_the_file_and_the_problem(prompts, tmp_path):
     line = one_error_line(cli(f"--llm={broken}", f"--slm={broken}", f"--prompts_file={prompts}",
                               f"--output={tmp_path / 'o.jsonl'}", f"--params_cache={tmp_path / 'params'}"))
     assert str(broken) in line and "is truncated" in line and "download or assemble" in line
+
+
+def test_prompt_width_buckets_waste_at_most_an_eighth():
+    from costeer_jax.decoding.runner import bucket_width
+
+    assert [bucket_width(n) for n in (1, 16, 17, 40, 1495, 3537)] == [16, 16, 32, 48, 1536, 3584]
+    assert all(n <= bucket_width(n) <= max(16, n * 9 / 8 + 16) for n in range(1, 5000))

@@ -3,7 +3,6 @@ atomic, named fixes for every failure) and a header parser equal to the gguf pac
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 import subprocess
 import sys

@@ -259,7 +259,7 @@ def _worker(paths: dict) -> dict:
     hyper = hyper_arrays(method, {**{k: DEFAULT_HYPER[k] for k in method.hyper_keys}, "T": 3}, B)
     row_keys = jnp.stack([runner.row_key(0, str(i)) for i in range(B)])
     static = dict(cfgs=tuple(m.cfg for m in in_groups), layout=layout, policy=method.policy, gate=None,
-                  max_new_tokens=8, vocab_limit=96, greedy=True, cache_len=32)
+                  max_new_tokens=8, vocab_limit=96, greedy=True, cache_lens=(32,) * len(layout.groups))
 
     def run(params, batch):
         prompts_, hyper_, keys_ = batch

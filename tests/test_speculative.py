@@ -101,7 +101,7 @@ def run_spec(spec, params_llm, params_slm, prompts, *, cfg_llm, cfg_slm, hyper=N
         row_keys(batch) if keys is None else keys, eos_ids, jnp.full((batch,), temperature),
         jnp.full((batch,), top_p), cfg_llm=cfg_llm, cfg_slm=cfg_slm, spec=spec,
         max_new_tokens=max_new_tokens, vocab_limit=VOCAB, greedy=greedy,
-        cache_len=sp.cache_len_for(width, max_new_tokens, spec.num_draft))
+        cache_lens=(sp.cache_len_for(width, max_new_tokens, spec.num_draft),) * 2)
     return jax.device_get(result)
 
 
@@ -124,7 +124,8 @@ def run_engine(policy, layout, params_groups, cfgs, prompts, *, max_new_tokens=M
     result = engine.decode(
         tuple(params_groups), prompts, None, hyper or {}, row_keys(batch), eos_ids, jnp.ones((batch,)),
         jnp.ones((batch,)), cfgs=tuple(cfgs), layout=engine.StreamLayout(layout), policy=policy, gate=None,
-        max_new_tokens=max_new_tokens, vocab_limit=VOCAB, greedy=True, cache_len=kv.round_up(width + max_new_tokens, 16))
+        max_new_tokens=max_new_tokens, vocab_limit=VOCAB, greedy=True,
+        cache_lens=(kv.round_up(width + max_new_tokens, 16),) * len(layout))
     return outputs(jax.device_get(result))
 
 

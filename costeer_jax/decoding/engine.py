@@ -21,8 +21,9 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from costeer_jax.models.cache import init_cache
+from costeer_jax.models.cache import KVCache, init_cache
 from costeer_jax.models.decoder import decode_step_logits, prefill_logits
+from costeer_jax.steering import copy_guard
 from costeer_jax.steering.sampling import sample_tokens
 
 StepGate = Callable[[Any], jax.Array]
@@ -58,6 +59,8 @@ class DecodeResult(NamedTuple):
     num_tokens: jax.Array  # [B] tokens generated, EOS included when produced
     stats: Any  # the policy's per-row statistics (pytree of [B] arrays)
     finite: jax.Array  # [B] False where some stream produced NaN/Inf logits (row stopped there)
+    cloud_tokens: Any = None  # speculative kernels: [B, T] ids uplinked to the cloud (privacy.py)
+    cloud_counts: Any = None  # [B] how many of them are real
 
 
 # A policy: (logits by stream [B, V] fp32, policy state, per-row hyperparameters) ->
@@ -65,23 +68,29 @@ class DecodeResult(NamedTuple):
 Policy = Callable[[dict, Any, Any], tuple[jax.Array, Any, Any]]
 
 
-def _pad_width(tokens: jax.Array, width: int) -> jax.Array:
-    return jnp.pad(tokens, ((0, 0), (0, width - tokens.shape[1])))
+def concat_caches(caches: list[KVCache]) -> KVCache:
+    """One cache whose rows are the given caches' rows, in order (same layers and length)."""
+    return KVCache(keys=jnp.concatenate([c.keys for c in caches], axis=1),
+                   values=jnp.concatenate([c.values for c in caches], axis=1),
+                   lengths=jnp.concatenate([c.lengths for c in caches]))
 
 
 @functools.partial(
     jax.jit,
     static_argnames=("cfgs", "layout", "policy", "gate", "max_new_tokens", "vocab_limit", "greedy",
-                     "cache_len"))
+                     "cache_lens"))
 def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, row_keys: jax.Array,
-           eos_ids: jax.Array, temperature: jax.Array, top_p: jax.Array, *, cfgs: tuple,
+           eos_ids: jax.Array, temperature: jax.Array, top_p: jax.Array,
+           guard: copy_guard.CopyGuard | None = None, *, cfgs: tuple,
            layout: StreamLayout, policy: Policy, gate: StepGate | None, max_new_tokens: int,
-           vocab_limit: int, greedy: bool, cache_len: int) -> DecodeResult:
+           vocab_limit: int, greedy: bool, cache_lens: tuple[int, ...]) -> DecodeResult:
     """Generates up to max_new_tokens per row.
 
     row_keys [B] are per-row PRNG keys (folded with the step index), so a row samples the same
     tokens whatever batch it is in. Rows stop at any of eos_ids; logits are cut to vocab_limit
-    (the shared tokenizer length) before the policy sees them.
+    (the shared tokenizer length) before the policy sees them. With a copy guard, the tokens
+    that would complete a verbatim N-token copy of the row's private context get -inf in the
+    policy's log-probabilities before the choice (steering/copy_guard.py).
     """
     batch = next(iter(prompts.values())).tokens.shape[0]
 
@@ -94,13 +103,15 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
 
     caches, logits_by_stream = [], {}
     for g, names in enumerate(layout.groups):
-        width = max(prompts[n].tokens.shape[1] for n in names)
-        tokens = jnp.concatenate([_pad_width(prompts[n].tokens, width) for n in names])
-        lengths = jnp.concatenate([prompts[n].lengths for n in names])
-        cache = init_cache(cfgs[g], tokens.shape[0], cache_len, params_groups[g]["embed"].dtype)
-        logits, cache = prefill_logits(params_groups[g], cfgs[g], tokens, lengths, cache)
-        caches.append(cache)
-        logits_by_stream.update(split(g, logits))
+        # Each stream prefills at its own (bucketed) width: padding a 40-token query to a
+        # 1.5k-token private context's width would multiply the LLM's prefill FLOPs by ~36.
+        parts = []
+        for n in names:
+            cache = init_cache(cfgs[g], batch, cache_lens[g], params_groups[g]["embed"].dtype)
+            logits, cache = prefill_logits(params_groups[g], cfgs[g], prompts[n].tokens, prompts[n].lengths, cache)
+            logits_by_stream[n] = logits[:, :vocab_limit]
+            parts.append(cache)
+        caches.append(parts[0] if len(parts) == 1 else concat_caches(parts))
 
     zero_stats = jax.eval_shape(lambda: policy(with_aliases(logits_by_stream), policy_state, hyper)[2])
     zero_stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_stats)
@@ -115,6 +126,7 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
         num_tokens: jax.Array
         stats: Any
         finite: jax.Array
+        recent: Any  # [B, N-1] last committed tokens, for the copy guard (None without one)
 
     def cond(c: Carry):
         return (c.step < max_new_tokens) & ~jnp.all(c.done)
@@ -128,6 +140,7 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
 
     def body(c: Carry):
         log_probs, policy_state, stats_inc = policy(with_aliases(c.logits), c.policy_state, hyper)
+        log_probs = copy_guard.apply(guard, c.recent, log_probs)
         token = choose(log_probs, c.step)
         finite = c.finite & jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(x), axis=-1) for x in c.logits.values()]), axis=0)
@@ -152,12 +165,14 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
                 step_logits, cache = run(c.caches[g])
             new_caches.append(cache)
             logits.update(split(g, step_logits))
-        return Carry(c.step + 1, new_caches, logits, policy_state, out, done, num_tokens, stats, finite)
+        recent = None if guard is None else copy_guard.push(c.recent, token, active)
+        return Carry(c.step + 1, new_caches, logits, policy_state, out, done, num_tokens, stats, finite, recent)
 
     init = Carry(
         step=jnp.int32(0), caches=caches, logits=logits_by_stream, policy_state=policy_state,
         out=jnp.zeros((batch, max_new_tokens), jnp.int32), done=jnp.zeros((batch,), bool),
-        num_tokens=jnp.zeros((batch,), jnp.int32), stats=zero_stats, finite=jnp.ones((batch,), bool))
+        num_tokens=jnp.zeros((batch,), jnp.int32), stats=zero_stats, finite=jnp.ones((batch,), bool),
+        recent=None if guard is None else copy_guard.empty_recent(guard, batch))
     final = jax.lax.while_loop(cond, body, init)
     return DecodeResult(final.out, final.num_tokens, final.stats, final.finite)
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from costeer_jax import privacy
 from costeer_jax.decoding import engine, speculative
 from costeer_jax.decoding.hyperparams import check_hyper, check_sampling
 from costeer_jax.decoding.methods import (LLM, PERSONALIZED, SLM, SLM_SFT, STREAMS, Method,
@@ -23,8 +24,14 @@ from costeer_jax.decoding.methods import (LLM, PERSONALIZED, SLM, SLM_SFT, STREA
 from costeer_jax.models.cache import round_up
 from costeer_jax.models.chat import chat_prompt_ids, check_same_vocabulary, eos_token_ids
 from costeer_jax.models.loading import LoadedModel
+from costeer_jax.steering.copy_guard import CopyGuard, build_copy_guard
 
-PROMPT_WIDTH_MULTIPLE = 64  # prompt widths are bucketed so nearby lengths share one program
+def bucket_width(n: int) -> int:
+    """A prompt width bucket: n rounded up to a multiple of 1/8th of its power of two (at least
+    16), so nearby lengths share one compiled program and padding wastes at most ~12% of the
+    prefill (40 -> 48, 1495 -> 1536, 3537 -> 3584)."""
+    return round_up(max(n, 1), max(16, 2 ** (max(n, 1).bit_length() - 4)))
+
 
 
 @dataclasses.dataclass
@@ -84,6 +91,16 @@ def build_layout(method: Method, models: dict[str, LoadedModel]):
     return layout, [m for m, _ in groups]
 
 
+def check_copy_guard(method_name: str, n: int) -> None:
+    """Refuses a guard the method cannot use (callers check before loading models)."""
+    if n and method_name in ("llm_wo", "llm_w"):
+        raise ValueError(f"--copy_guard guards the edge's token choices; {method_name} decodes in the "
+                         "cloud (llm_w already sends the private context): use a steering method")
+    if n < 0 or n == 1:
+        raise ValueError(f"--copy_guard={n} is out of range: N counts the tokens of a copy, in [2, inf) "
+                         "(0 turns the guard off)")
+
+
 def row_key(seed: int, example_id: str) -> np.ndarray:
     """Per-example PRNG key data: sampling depends on (seed, id), never on batch composition."""
     digest = int.from_bytes(hashlib.sha256(example_id.encode()).digest()[:4], "little")
@@ -95,7 +112,12 @@ class Generator:
 
     def __init__(self, method: Method, models: dict[str, LoadedModel], *, max_new_tokens: int,
                  batch_size: int, sampling: Sampling = Sampling(), hyper: dict | None = None,
-                 mesh=None):
+                 mesh=None, copy_guard: int = 0, record_cloud_view: bool = False):
+        """copy_guard=N (0: off) forbids completing a verbatim N-token copy of a row's private
+        context (steering/copy_guard.py); record_cloud_view adds each row's `cloud_view`, the
+        token ids the cloud received (privacy.py)."""
+        check_copy_guard(method.name, copy_guard)
+        self.copy_guard, self.record_cloud_view = copy_guard, record_cloud_view
         self.method, self.models = method, models
         self.mesh = mesh  # a jax.sharding.Mesh: batch rows go on its 'data' axis
         self.max_new_tokens, self.batch_size, self.sampling = max_new_tokens, batch_size, sampling
@@ -147,9 +169,9 @@ class Generator:
         real = len(examples)
         padded = examples + [examples[-1]] * (self.batch_size - real)  # static batch shape
         ids = [self.stream_ids(e) for e in padded]
-        width = round_up(max(len(v) for row in ids for v in row.values()), PROMPT_WIDTH_MULTIPLE)
+        widths = {stream: bucket_width(max(len(row[stream]) for row in ids)) for stream in ids[0]}
         prompts = {}
-        for stream in ids[0]:
+        for stream, width in widths.items():
             tokens = np.zeros((len(padded), width), np.int32)
             lengths = np.zeros((len(padded),), np.int32)
             for b, row in enumerate(ids):
@@ -162,16 +184,27 @@ class Generator:
         hyper = hyper_arrays(self.method, rows_hyper if rows_hyper else self.hyper, len(padded))
         s = self.sampling
         if self.spec is not None:
-            return self._run_speculative(examples, padded, prompts, hyper, width)
+            return self._run_speculative(examples, padded, prompts, hyper, widths, ids)
         params = (tuple(m.params for m in self.group_models),)
-        args = (prompts, self.method.init_state(len(padded)), hyper, *self._sampling_args(padded))
+        guard = self._guard(padded)
+        args = (prompts, self.method.init_state(len(padded)), hyper, *self._sampling_args(padded), guard)
         static = dict(
             cfgs=tuple(m.cfg for m in self.group_models), layout=self.layout, policy=self.method.policy,
             gate=steering_active if any(self.layout.gated) else None,
             max_new_tokens=self.max_new_tokens, vocab_limit=self.vocab_limit, greedy=s.greedy,
-            cache_len=round_up(width + self.max_new_tokens, 16))
-        result = self._compile_and_run(engine.decode, params, args, static, (width, static["cache_len"]))
-        return self._rows(examples, result)
+            cache_lens=tuple(round_up(max(widths[n] for n in group) + self.max_new_tokens, 16)
+                             for group in self.layout.groups))
+        result = self._compile_and_run(engine.decode, params, args, static,
+                                       (tuple(widths.items()), static["cache_lens"], _guard_width(guard)))
+        return self._rows(examples, result, ids)
+
+    def _guard(self, padded: list) -> CopyGuard | None:
+        """The copy guard's windows over each row's private context, in the shared tokenization."""
+        if not self.copy_guard:
+            return None
+        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)
+        return build_copy_guard([encode(e.personalized_query) for e in padded],
+                                           [encode(e.query) for e in padded], self.copy_guard)
 
     def _sampling_args(self, padded: list) -> tuple:
         s = self.sampling
@@ -195,24 +228,27 @@ class Generator:
             self.compile_cpu_seconds += time.process_time() - cpu0
         return jax.device_get(self._compiled[signature](*params, *args))
 
-    def _run_speculative(self, examples, padded, prompts, hyper, width):
+    def _run_speculative(self, examples, padded, prompts, hyper, widths, ids):
         """specsteer / sd: the Draft-Verify kernel instead of the token loop, same row format."""
         s = self.sampling
         llm, slm = self.models[LLM], self.models[SLM]
         params = (llm.params, slm.params)
-        args = ({k: prompts[v] for k, v in self.spec_streams.items()}, hyper, *self._sampling_args(padded))
+        guard = self._guard(padded)
+        args = ({k: prompts[v] for k, v in self.spec_streams.items()}, hyper, *self._sampling_args(padded), guard)
+        cache_len = lambda kernel_streams: speculative.cache_len_for(
+            max(widths[self.spec_streams[k]] for k in kernel_streams), self.max_new_tokens, self.spec.num_draft)
         static = dict(
             cfg_llm=llm.cfg, cfg_slm=slm.cfg, spec=self.spec, max_new_tokens=self.max_new_tokens,
             vocab_limit=self.vocab_limit, greedy=s.greedy,
-            cache_len=speculative.cache_len_for(width, self.max_new_tokens, self.spec.num_draft))
+            cache_lens=(cache_len(["llm"]), cache_len([k for k in self.spec_streams if k != "llm"])))
         result = self._compile_and_run(speculative.decode, params, args, static,
-                                       ("speculative", width, static["cache_len"]))
-        rows, stats = self._rows(examples, result)
+                                       ("speculative", tuple(widths.items()), static["cache_lens"], _guard_width(guard)))
+        rows, stats = self._rows(examples, result, ids)
         for row in rows:
             row.update(speculative.stats_summary(row, len(row["token_ids"])))
         return rows, stats
 
-    def _rows(self, examples, result) -> tuple[list[dict], dict]:
+    def _rows(self, examples, result, ids) -> tuple[list[dict], dict]:
         real = len(examples)
         rows = []
         for b in range(real):
@@ -221,6 +257,13 @@ class Generator:
             row = {"id": examples[b].id, "method": self.method.name,
                    "output": self.tokenizer.decode(token_ids, skip_special_tokens=True),
                    "token_ids": token_ids}
+            if self.record_cloud_view:
+                uplinked = None
+                if result.cloud_tokens is not None:
+                    uplinked = [int(t) for t in result.cloud_tokens[b, :int(result.cloud_counts[b])]]
+                view = privacy.cloud_view(self.method.name, token_ids, ids[b].get("llm_w", ()), uplinked)
+                row["cloud_view"] = view
+                row["cloud_view_text"] = self.tokenizer.decode(view, skip_special_tokens=True)
             for name, values in result.stats.items():
                 row[name] = int(values[b])
             rows.append(row)
@@ -232,6 +275,10 @@ class Generator:
                 print(f"warning: NaN/Inf logits in example {examples[b].id!r}; its output stops there "
                       "(with --dtype=bfloat16 try float32; check the checkpoint)", file=sys.stderr)
         return rows, stats
+
+
+def _guard_width(guard) -> tuple | None:
+    return None if guard is None else tuple(guard.prefixes.shape)
 
 
 def read_done_ids(path: Path) -> set[str]:

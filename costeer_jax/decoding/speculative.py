@@ -43,6 +43,7 @@ from costeer_jax.decoding.engine import DecodeResult, Prompt
 from costeer_jax.models.cache import KVCache, init_cache, round_up
 from costeer_jax.models.config import DecoderConfig
 from costeer_jax.models.decoder import decode_step_logits, forward, prefill_logits
+from costeer_jax.steering import copy_guard
 from costeer_jax.steering.baselines import fuse_logits
 from costeer_jax.steering.speculative import (first_rejection, gather_token_logprobs,
                                               residual_distribution, specsteer_accept_prob)
@@ -73,6 +74,7 @@ class VerifyInputs(NamedTuple):
     top_p: jax.Array  # [B]
     accept_keys: jax.Array  # [B] PRNG keys for the uniform acceptance draws
     recover_keys: jax.Array  # [B] PRNG keys for the recovery / bonus draw
+    forbidden: jax.Array | None = None  # [B, D, V] copy-guard masks at each drafted position
 
 
 class Verdict(NamedTuple):
@@ -201,6 +203,8 @@ def specsteer_rule(v: VerifyInputs, spec: SpecConfig, greedy: bool) -> Verdict:
             jnp.asarray(beta, jnp.float32).reshape((-1, 1)) * jax.nn.log_softmax(h_w, axis=-1))
     else:
         h_rec = fuse_logits(h_llm, h_w, h_wo, beta)
+    if v.forbidden is not None:  # the recovered token is the edge's choice: guard it too
+        h_rec = jnp.where(_at_position(v.forbidden, n_acc), -jnp.inf, h_rec)
     if greedy:
         return Verdict(n_acc, _argmax(h_rec))
     return Verdict(n_acc, _sample_rows(sampling_log_probs(h_rec, v.temperature, v.top_p), v.recover_keys))
@@ -306,25 +310,12 @@ def _with_lengths(cache: KVCache, lengths: jax.Array) -> KVCache:
     return dataclasses.replace(cache, lengths=lengths)
 
 
-def _prefill_all_but_last(params, cfg, prompts: list[Prompt], cache_len: int):
-    """Writes each prompt minus its last token; that token becomes the stream's pending token.
-
-    Several streams on the same weights are prefilled as one batch (one forward to compile and
-    run instead of one per stream); returns one (cache, pending) per stream.
-    """
-    width = max(p.tokens.shape[1] for p in prompts)
-    tokens = jnp.concatenate([jnp.pad(p.tokens, ((0, 0), (0, width - p.tokens.shape[1]))) for p in prompts])
-    lengths = jnp.concatenate([p.lengths for p in prompts])
-    cache = init_cache(cfg, tokens.shape[0], cache_len, params["embed"].dtype)
-    _, cache = prefill_logits(params, cfg, tokens, lengths - 1, cache)
-    pending = tokens[jnp.arange(tokens.shape[0]), lengths - 1]
-    batch = prompts[0].tokens.shape[0]
-    streams = []
-    for i in range(len(prompts)):
-        rows = slice(i * batch, (i + 1) * batch)
-        stream_cache = KVCache(cache.keys[:, rows], cache.values[:, rows], cache.lengths[rows])
-        streams.append((stream_cache, pending[rows]))
-    return streams
+def _prefill_all_but_last(params, cfg, prompt: Prompt, cache_len: int):
+    """Writes the prompt minus its last token, which becomes the stream's pending token; each
+    stream at its own width (a bare query is not padded to a private context's length)."""
+    cache = init_cache(cfg, prompt.tokens.shape[0], cache_len, params["embed"].dtype)
+    _, cache = prefill_logits(params, cfg, prompt.tokens, prompt.lengths - 1, cache)
+    return cache, prompt.tokens[jnp.arange(prompt.tokens.shape[0]), prompt.lengths - 1]
 
 
 def _verify_forward(params, cfg, cache: KVCache, pending, drafts, vocab_limit: int):
@@ -341,11 +332,12 @@ def _all_finite(x: jax.Array) -> jax.Array:
 
 @functools.partial(
     jax.jit,
-    static_argnames=("cfg_llm", "cfg_slm", "spec", "max_new_tokens", "vocab_limit", "greedy", "cache_len"))
+    static_argnames=("cfg_llm", "cfg_slm", "spec", "max_new_tokens", "vocab_limit", "greedy", "cache_lens"))
 def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Array, eos_ids: jax.Array,
-           temperature: jax.Array, top_p: jax.Array, *, cfg_llm: DecoderConfig, cfg_slm: DecoderConfig,
+           temperature: jax.Array, top_p: jax.Array, guard: copy_guard.CopyGuard | None = None, *,
+           cfg_llm: DecoderConfig, cfg_slm: DecoderConfig,
            spec: SpecConfig, max_new_tokens: int, vocab_limit: int, greedy: bool,
-           cache_len: int) -> DecodeResult:
+           cache_lens: tuple[int, int]) -> DecodeResult:
     """Speculative generation of up to max_new_tokens per row.
 
     prompts: {"llm": LLM on the query, "draft": the drafter's text, and "slm_wo": SLM- on the
@@ -353,18 +345,23 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
     params_slm runs the drafter and SLM-; it may be the same pytree as params_llm.
     row_keys [B]: per-row PRNG keys, folded with the iteration index (a row runs iteration i at
     loop step i whatever its batch, so its draws do not depend on batch composition).
-    cache_len must hold prompt width + max_new_tokens + K + 1.
+    cache_lens (LLM's, SLM streams') must each hold its widest prompt + max_new_tokens + K + 1.
+
+    The result's cloud_tokens / cloud_counts record, per row and in order, what was uplinked
+    (privacy.py): each iteration's K drafts, then the token drawn at the first rejection (or the
+    bonus) when the row commits it. With a copy guard, the drafter cannot propose, and the
+    recovery cannot draw, a token completing a verbatim N-token copy of the private context.
     """
     k = spec.num_draft
     draft_steps = k + 1 if spec.bonus else k  # with the bonus, draft_K's K/V must be cached too
     batch = prompts["llm"].tokens.shape[0]
     separate_slm_wo = spec.uses_slm_wo and not spec.slm_wo_is_llm
 
-    (llm_cache, llm_pending), = _prefill_all_but_last(params_llm, cfg_llm, [prompts["llm"]], cache_len)
-    slm_streams = [prompts["draft"]] + ([prompts["slm_wo"]] if separate_slm_wo else [])
-    slm_started = _prefill_all_but_last(params_slm, cfg_slm, slm_streams, cache_len)
-    draft_cache, draft_pending = slm_started[0]
-    wo_cache, wo_pending = slm_started[1] if separate_slm_wo else (None, None)
+    llm_cache, llm_pending = _prefill_all_but_last(params_llm, cfg_llm, prompts["llm"], cache_lens[0])
+    draft_cache, draft_pending = _prefill_all_but_last(params_slm, cfg_slm, prompts["draft"], cache_lens[1])
+    wo_cache, wo_pending = None, None
+    if separate_slm_wo:
+        wo_cache, wo_pending = _prefill_all_but_last(params_slm, cfg_slm, prompts["slm_wo"], cache_lens[1])
 
     class Carry(NamedTuple):
         iteration: jax.Array
@@ -379,6 +376,9 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
         done: jax.Array
         finite: jax.Array
         stats: dict
+        cloud: jax.Array  # [B, max_new_tokens * (K+1) + K+1] uplinked ids, in order
+        cloud_count: jax.Array  # [B]
+        recent: Any  # [B, N-1] last committed tokens (copy guard), or None
 
     def cond(c: Carry):
         # Every iteration commits >= 1 token to each active row, so this bound is never binding
@@ -393,19 +393,30 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
         # Phase 1: the drafter proposes K tokens (one more step with the bonus, for its K/V and
         # for h_SLM+ at position K+1).
         def draft_step(j, carry):
-            cache, token, drafts, logits_buf = carry
+            cache, token, drafts, logits_buf, masks, recent, finite = carry
             logits, cache = decode_step_logits(params_slm, cfg_slm, token, cache)
             logits = logits[:, :vocab_limit]
+            finite = finite & _all_finite(logits)  # before the guard's -inf
+            if guard is not None:
+                mask = copy_guard.forbidden(guard, recent, vocab_limit)
+                logits = jnp.where(mask, -jnp.inf, logits)
+                masks = masks.at[:, j].set(mask)
             if greedy:
                 token = _argmax(logits)
             else:
                 step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(draft_keys, j)
                 token = _sample_rows(sampling_log_probs(logits, temperature, top_p), step_keys)
-            return cache, token, drafts.at[:, j].set(token), logits_buf.at[:, j].set(logits)
+            if guard is not None:
+                recent = copy_guard.push(recent, token)
+            return (cache, token, drafts.at[:, j].set(token), logits_buf.at[:, j].set(logits), masks, recent,
+                    finite)
 
+        masks = None if guard is None else jnp.zeros((batch, draft_steps, vocab_limit), bool)
         draft_init = (c.draft_cache, c.draft_pending, jnp.zeros((batch, draft_steps), jnp.int32),
-                      jnp.zeros((batch, draft_steps, vocab_limit), jnp.float32))
-        draft_cache, _, drafts, drafter_logits = jax.lax.fori_loop(0, draft_steps, draft_step, draft_init)
+                      jnp.zeros((batch, draft_steps, vocab_limit), jnp.float32), masks, c.recent,
+                      jnp.ones((batch,), bool))
+        draft_cache, _, drafts, drafter_logits, masks, _, drafter_finite = jax.lax.fori_loop(
+            0, draft_steps, draft_step, draft_init)
         drafts = drafts[:, :k]
 
         # Phase 2: LLM (and SLM-) score all K drafted positions and the bonus position at once.
@@ -418,7 +429,7 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
         elif spec.uses_slm_wo:
             wo_logits = llm_logits
         verdict = spec.rule(VerifyInputs(drafts, drafter_logits, llm_logits, wo_logits, hyper, temperature,
-                                         top_p, accept_keys, recover_keys), spec, greedy)
+                                         top_p, accept_keys, recover_keys, masks), spec, greedy)
         n_acc = verdict.n_accepted
 
         # Phase 3: commit the accepted prefix plus the recovery/bonus token, per row.
@@ -429,7 +440,7 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
         is_eos = jnp.isin(run, eos_ids) & (slots < n_new[:, None])
         n_new = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, n_new)
         n_new = jnp.minimum(n_new, max_new_tokens - c.num_tokens)
-        finite_now = _all_finite(llm_logits) & _all_finite(drafter_logits)
+        finite_now = _all_finite(llm_logits) & drafter_finite
         if separate_slm_wo:
             finite_now = finite_now & _all_finite(wo_logits)
         active = ~c.done & finite_now
@@ -452,6 +463,18 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
         if separate_slm_wo:
             wo_cache, wo_pending = commit(wo_cache, c.wo_cache.lengths, c.wo_pending)
 
+        # What reached the cloud (privacy.py): the K drafts, then the drawn token if committed.
+        drawn = active & (n_new > n_acc)
+        uplinked = jnp.concatenate([drafts, verdict.next_token[:, None]], axis=1)
+        cloud = jax.vmap(lambda row, new, at: jax.lax.dynamic_update_slice(row, new, (at,)))(
+            c.cloud, uplinked, c.cloud_count)
+        cloud_count = c.cloud_count + jnp.where(active, k + drawn.astype(jnp.int32), 0)
+        recent = c.recent
+        if guard is not None:  # the last N-1 committed tokens: slide the window by n_new
+            history = jnp.concatenate([c.recent, run], axis=1)
+            window = n_new[:, None] + jnp.arange(c.recent.shape[1])[None, :]
+            recent = jnp.take_along_axis(history, window, axis=1)
+
         uplink, downlink = link_bytes(spec, greedy, n_acc, vocab_limit)
         increments = {
             "llm_calls": jnp.ones_like(n_acc), "drafted_tokens": jnp.full_like(n_acc, k),
@@ -462,19 +485,21 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
                  for name in STAT_NAMES}
         done = c.done | ~finite_now | ended_on_eos | (num_tokens >= max_new_tokens)
         return Carry(c.iteration + 1, llm_cache, draft_cache, wo_cache, llm_pending, draft_pending, wo_pending,
-                     out, num_tokens, done, c.finite & (finite_now | c.done), stats)
+                     out, num_tokens, done, c.finite & (finite_now | c.done), stats, cloud, cloud_count, recent)
 
     zeros_i = jnp.zeros((batch,), jnp.int32)
     stats = {name: jnp.zeros((batch,), jnp.float32 if name.endswith("_bytes") else jnp.int32)
              for name in STAT_NAMES}
     init = Carry(jnp.int32(0), llm_cache, draft_cache, wo_cache, llm_pending, draft_pending, wo_pending,
                  jnp.zeros((batch, max_new_tokens + k + 1), jnp.int32), zeros_i,
-                 jnp.zeros((batch,), bool), jnp.ones((batch,), bool), stats)
+                 jnp.zeros((batch,), bool), jnp.ones((batch,), bool), stats,
+                 jnp.zeros((batch, (max_new_tokens + 1) * (k + 1)), jnp.int32), zeros_i,
+                 None if guard is None else copy_guard.empty_recent(guard, batch))
     final = jax.lax.while_loop(cond, body, init)
     # As the engine: positions past a row's num_tokens hold eos_ids[0].
     filled = jnp.arange(max_new_tokens)[None, :] < final.num_tokens[:, None]
     tokens = jnp.where(filled, final.out[:, :max_new_tokens], eos_ids[0])
-    return DecodeResult(tokens, final.num_tokens, final.stats, final.finite)
+    return DecodeResult(tokens, final.num_tokens, final.stats, final.finite, final.cloud, final.cloud_count)
 
 
 def cache_len_for(prompt_width: int, max_new_tokens: int, num_draft: int) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from costeer_jax.data import is_preference_task, load_task
-from costeer_jax.eval.plots import plot_sweeps
+from costeer_jax.eval.plots import plot_leakage_vs_quality, plot_sweeps
 from costeer_jax.eval.predictions import read_predictions
 from costeer_jax.eval.reports import build_table, setting_labels, table_csv, table_json, table_markdown
 from costeer_jax.eval.scoring import Scorers, default_metrics, score_prediction_file
@@ -80,5 +80,5 @@ def write_reports(results: Sequence[dict[str, Any]], output: str | Path, labels:
     output.write_text(json.dumps({"results": records, "table": table_json(table)}, indent=1) + "\n")
     paths["csv"].write_text(table_csv(table))
     paths["markdown"].write_text(table_markdown(table))
-    paths["plots"] = plot_sweeps(results, prefix)
+    paths["plots"] = plot_sweeps(results, prefix) + plot_leakage_vs_quality(results, settings, prefix)
     return paths

@@ -77,11 +77,56 @@ def plot_sweeps(results: Sequence[Mapping[str, Any]], output_prefix: str | Path)
                 axis.set_xlabel(SWEEP_PARAMETERS[parameter][2])
                 axis.set_ylabel(METRIC_LABELS.get(metric, metric))
                 axis.grid(alpha=0.3)
-            figure.suptitle(f"{dataset}: {METRIC_LABELS.get(metric, metric)}")
-            figure.tight_layout()
-            path = Path(f"{output_prefix}_sweep_{re.sub(r'[^A-Za-z0-9_.-]+', '_', dataset)}_{metric}.png")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            figure.savefig(path, dpi=120)
-            plt.close(figure)
-            written.append(path)
+            written.append(_save(figure, f"{dataset}: {METRIC_LABELS.get(metric, metric)}",
+                                 f"{output_prefix}_sweep_{_file_part(dataset)}_{metric}.png"))
+    return written
+
+
+def _file_part(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)
+
+
+def _save(figure, title: str, path: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_leakage_vs_quality(results: Sequence[Mapping[str, Any]], labels: Sequence[str], output_prefix: str | Path,
+                            leak_keys: Sequence[str] = ("leak_share_4", "cloud_leak_share_4"),
+                            quality_keys: Sequence[str] = ("rougeL", "meteor")) -> list[Path]:
+    """One PNG per dataset: each setting (a method, a sweep point) as a point of leakage (x, % of
+    4-grams copied from the private context) against quality (y), for the output and for the
+    cloud's view; returns the files written (none without leakage and a quality metric)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for dataset in dict.fromkeys(r["dataset"] for r in results):
+        rows = [(label, r["averages"]) for label, r in zip(labels, results) if r["dataset"] == dataset]
+        quality = next((q for q in quality_keys if any(a.get(q) is not None for _, a in rows)), None)
+        leaks = [k for k in leak_keys if any(a.get(k) is not None for _, a in rows)]
+        if quality is None or not leaks:
+            continue
+        figure, axes = plt.subplots(1, len(leaks), figsize=(4.2 * len(leaks), 3.4), squeeze=False)
+        for axis, leak in zip(axes[0], leaks):
+            for label, averages in rows:
+                if averages.get(leak) is None or averages.get(quality) is None:
+                    continue
+                axis.scatter(100 * averages[leak], averages[quality])
+                axis.annotate(label, (100 * averages[leak], averages[quality]), fontsize=7,
+                              xytext=(3, 3), textcoords="offset points")
+            axis.set_xlabel(f"{METRIC_LABELS.get(leak, leak)} (%)")
+            axis.set_ylabel(METRIC_LABELS.get(quality, quality))
+            axis.grid(alpha=0.3)
+        written.append(_save(figure, f"{dataset}: leakage vs quality",
+                             f"{output_prefix}_leakage_{_file_part(dataset)}.png"))
     return written

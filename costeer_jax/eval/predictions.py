@@ -17,6 +17,11 @@ class PredictionFile:
     config: dict[str, Any]  # decoding hyperparameters of a sweep point, when rows carry them
     task: str | None
     preference: str | None
+    # Per id, when rows carry them: the generated token ids, and what the cloud received
+    # (`cloud_view` ids and `cloud_view_text`, written with generate.py --record_cloud_view).
+    token_ids: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    cloud_view: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    cloud_view_text: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def read_predictions(path: str | Path) -> PredictionFile:
@@ -25,6 +30,9 @@ def read_predictions(path: str | Path) -> PredictionFile:
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} not found")
     outputs: dict[str, str] = {}
+    token_ids: dict[str, list[int]] = {}
+    cloud_view: dict[str, list[int]] = {}
+    cloud_view_text: dict[str, str] = {}
     first: dict[str, Any] | None = None
     for line_number, row in iter_jsonl(path):
         where = f"{path}:{line_number}"
@@ -36,13 +44,19 @@ def read_predictions(path: str | Path) -> PredictionFile:
         if example_id in outputs:
             raise DataFormatError(f"{where}: duplicate id {example_id!r}")
         outputs[example_id] = require_text(row, text_key, where)
+        if isinstance(row.get("token_ids"), list):
+            token_ids[example_id] = row["token_ids"]
+        if isinstance(row.get("cloud_view"), list):
+            cloud_view[example_id] = row["cloud_view"]
+            cloud_view_text[example_id] = str(row.get("cloud_view_text", ""))
         first = first if first is not None else row
     if first is None:
         raise DataFormatError(f"{path}: no generation rows")
     config = first.get("config") if isinstance(first.get("config"), dict) else {}
     preference = first.get("preference", config.get("preference"))
     return PredictionFile(path=path, outputs=outputs, method=first.get("method"), config=dict(config),
-                          task=first.get("task"), preference=preference)
+                          task=first.get("task"), preference=preference, token_ids=token_ids,
+                          cloud_view=cloud_view, cloud_view_text=cloud_view_text)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,7 +17,12 @@ from costeer_jax.data import PREFERENCE_TASKS, TASKS
 from costeer_jax.eval.significance import SIGNIFICANCE_LEVEL, paired_t_test_by_id, significance_marker
 
 METRIC_LABELS = {"judge_overall": "Ovl", "judge_personalized": "Per", "rouge1": "R-1", "rougeL": "R-L",
-                 "meteor": "MET", "reward": "reward"}
+                 "meteor": "MET", "reward": "reward",
+                 # leakage (eval/leakage.py): of the output, then of what the cloud received
+                 "leak_span": "leak span", "leak_span_tokens": "leak span (tok)", "leak_share_4": "leak 4-gram",
+                 "leak_share_8": "leak 8-gram", "cloud_leak_span": "cloud leak span",
+                 "cloud_leak_span_tokens": "cloud leak span (tok)", "cloud_leak_share_4": "cloud leak 4-gram",
+                 "cloud_leak_share_8": "cloud leak 8-gram"}
 _METRIC_ORDER = tuple(METRIC_LABELS)
 PREF_ALIGN = "pref_align"  # Table 1's "Pref Align": reward averaged over the preference datasets
 _PREFERENCE_COLUMN_ORDER = ("creative", "verbose", "concise", "uplifting")  # as in Tables 1 and 5
@@ -25,9 +30,16 @@ _PREFERENCE_COLUMN_ORDER = ("creative", "verbose", "concise", "uplifting")  # as
 Column = tuple[str, str]  # (dataset label, score key)
 
 
+def is_leakage(key: str) -> bool:
+    """Leakage columns are reported, not ranked: lower is better, and no method is bolded on them."""
+    return "leak_" in key
+
+
 def format_value(key: str, value: float | None) -> str:
     if value is None:
         return "-"
+    if is_leakage(key) and "share" in key:
+        return f"{100 * value:.1f}%"
     return f"{value:.4f}" if key == "reward" else f"{value:.2f}"
 
 
@@ -125,7 +137,7 @@ def build_table(results: Sequence[Mapping[str, Any]], labels: Sequence[str],
         baselines = [b for b in baselines if b != method]
     significance = {}
     for column in columns:
-        if method is None or values.get((method, column)) is None:
+        if method is None or values.get((method, column)) is None or is_leakage(column[1]):
             continue
         compared = [b for b in baselines if values.get((b, column)) is not None]
         tests = {b: paired_t_test_by_id(scores[(method, column)], scores[(b, column)]) for b in compared}

@@ -8,14 +8,20 @@ from typing import Any, Callable, Sequence
 
 from costeer_jax.data import PREFERENCE_TASKS, Example
 from costeer_jax.eval.judge import JUDGE_ASPECTS, JudgeConfig, judge_answers
+from costeer_jax.eval.leakage import longest_copied_span, word_leakage
 from costeer_jax.eval.predictions import PredictionFile, join_by_id
 from costeer_jax.eval.reward import ResponseScorer, score_responses
 from costeer_jax.eval.text_metrics import METEOR_KEY, ROUGE_KEYS, overlap_scores
 
-METRICS = ("rouge", "meteor", "reward", "judge")
+METRICS = ("rouge", "meteor", "reward", "judge", "leakage")
 REWARD_KEY = "reward"
+# Leakage of the output and of the cloud's view (eval/leakage.py): the longest copied span (words;
+# tokens with a tokenizer) and the share of word 4- and 8-grams copied from the private context.
+LEAKAGE_KEYS = tuple(f"{view}leak_{figure}" for view in ("", "cloud_")
+                     for figure in ("span", "share_4", "share_8", "span_tokens"))
 # Metric family -> the score keys it writes.
-METRIC_KEYS = {"rouge": ROUGE_KEYS, "meteor": (METEOR_KEY,), "reward": (REWARD_KEY,), "judge": tuple(JUDGE_ASPECTS)}
+METRIC_KEYS = {"rouge": ROUGE_KEYS, "meteor": (METEOR_KEY,), "reward": (REWARD_KEY,), "judge": tuple(JUDGE_ASPECTS),
+               "leakage": LEAKAGE_KEYS}
 
 
 def default_metrics(task: str) -> tuple[str, ...]:
@@ -41,6 +47,7 @@ class Scorers:
     reward_factory: Callable[[], ResponseScorer] | None = None
     judge: JudgeConfig | None = None
     nltk_data_dir: str | Path | None = None
+    leakage_tokenizer: Any = None  # the generating models' tokenizer: token-level leakage
     _reward: ResponseScorer | None = dataclasses.field(default=None, init=False, repr=False)
 
     def reward(self) -> ResponseScorer:
@@ -54,6 +61,23 @@ class Scorers:
 def _mean(values: Sequence[float | None]) -> float | None:
     present = [v for v in values if v is not None and not math.isnan(v)]
     return sum(present) / len(present) if present else None
+
+
+def leakage_scores(example: Example, predictions: PredictionFile, tokenizer=None) -> dict[str, float | None]:
+    """Leakage of one row's output and, when recorded, of its cloud view; token spans need the
+    tokenizer that generated the ids."""
+    scores: dict[str, float | None] = {}
+    views = [("", predictions.outputs[example.id], predictions.token_ids.get(example.id))]
+    if example.id in predictions.cloud_view:
+        views.append(("cloud_", predictions.cloud_view_text[example.id], predictions.cloud_view[example.id]))
+    encode = (lambda text: tokenizer.encode(text, add_special_tokens=False)) if tokenizer is not None else None
+    for prefix, text, ids in views:
+        for figure, value in word_leakage(text, example.personalized_query, example.query).items():
+            scores[f"{prefix}leak_{figure}"] = value
+        if encode is not None and ids is not None:
+            scores[f"{prefix}leak_span_tokens"] = float(longest_copied_span(
+                ids, encode(example.personalized_query), encode(example.query)))
+    return scores
 
 
 def score_prediction_file(task: str, examples: Sequence[Example], predictions: PredictionFile,
@@ -87,6 +111,9 @@ def score_prediction_file(task: str, examples: Sequence[Example], predictions: P
         for row, judged in zip(per_example, rows):
             row.update(judged)
         extra["judge_counts"] = counts
+    if "leakage" in metrics:
+        for row, example in zip(per_example, joined.examples):
+            row.update(leakage_scores(example, predictions, scorers.leakage_tokenizer))
     score_keys = [key for metric in metrics for key in METRIC_KEYS[metric]]
     return {
         "task": task,
