@@ -30,33 +30,48 @@ flags.DEFINE_string("llm", "qwen2.5-coder-1.5b-instruct", "Cloud LLM.")
 flags.DEFINE_string("slm", "qwen2.5-coder-0.5b-instruct", "Edge SLM.")
 flags.DEFINE_list("tasks", ["cogenesis:24", "longlamp_review:6", "longlamp_writing:6"], "TASK:LIMIT pairs.")
 flags.DEFINE_list("methods", ["llm_wo", "llm_w", "slm_wo", "slm_w", "costeer", "light_costeer", "ada_costeer", "cs",
-                              "specsteer", "sd"], "Methods (generate.py --method values).")
+                              "specsteer", "sd"],
+                  "Runs: a generate.py --method value, or NAME=METHOD+FLAG+FLAG for a variant, e.g. "
+                  "costeer_guard8=costeer+--copy_guard=8 or specsteer_lam0.1=specsteer+--spec_lambda=0.1.")
 flags.DEFINE_integer("max_new_tokens", 128, "Tokens per example.")
 flags.DEFINE_integer("batch_size", 8, "Prompts per batch.")
-flags.DEFINE_list("extra", [], "More generate.py flags for every run, e.g. --K=4,--spec_lambda=0.5.")
+flags.DEFINE_list("extra", [], "More generate.py flags for every run, e.g. --record_cloud_view.")
+flags.DEFINE_list("metrics", ["rouge", "meteor", "leakage"], "evaluate metrics (leakage adds the second table).")
+flags.DEFINE_string("table_name", "table", "Basename of the table files (table.md, table.json).")
 flags.DEFINE_bool("dry_run", False, "Print the generate commands and exit.")
 flags.mark_flag_as_required("output_dir")
 
 
-def run_paths(task: str, method: str) -> tuple[Path, Path]:
+def parse_run(item: str) -> tuple[str, str, list[str]]:
+    """(run name, method, its own generate.py flags) of a --methods entry."""
+    if "=" not in item.split("+")[0]:
+        method, *own = item.split("+")
+        return method, method, own
+    name, rest = item.split("=", 1)
+    method, *own = rest.split("+")
+    return name, method, own
+
+
+def run_paths(task: str, name: str) -> tuple[Path, Path]:
     folder = Path(FLAGS.output_dir) / task
-    return folder / f"{method}.jsonl", folder / f"{method}.figures.json"
+    return folder / f"{name}.jsonl", folder / f"{name}.figures.json"
 
 
-def generate(task: str, limit: int, method: str) -> None:
-    output, figures_path = run_paths(task, method)
+def generate(task: str, limit: int, item: str) -> None:
+    name, method, own = parse_run(item)
+    output, figures_path = run_paths(task, name)
     output.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(REPO_ROOT / "experiments" / "generate.py"), f"--method={method}",
            f"--task={task}", f"--limit={limit}", f"--llm={FLAGS.llm}", f"--slm={FLAGS.slm}",
            f"--max_new_tokens={FLAGS.max_new_tokens}", f"--batch_size={FLAGS.batch_size}", f"--output={output}",
-           *FLAGS.extra]
+           *FLAGS.extra, *own]
     if FLAGS.dry_run:
         print(" ".join(cmd))
         return
-    print(f"== {task} {method}", file=sys.stderr, flush=True)
+    print(f"== {task} {name}", file=sys.stderr, flush=True)
     done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"generate.py failed for {task} {method} (exit {done.returncode}); rerun to resume")
+        raise SystemExit(f"generate.py failed for {task} {name} (exit {done.returncode}); rerun to resume")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     if figures["examples"]:  # a resumed run with nothing left keeps the figures of the run that decoded
         figures_path.write_text(json.dumps(figures, indent=1))
@@ -74,37 +89,58 @@ def speculative_figures(outputs: list[Path]) -> dict:
     return {"acceptance": summary["acceptance_rate"], "accepted_length": summary["mean_accepted_length"]}
 
 
+LEAKAGE_COLUMNS = (("leak_span", "out span"), ("leak_share_4", "out 4-gram"), ("cloud_leak_span", "cloud span"),
+                   ("cloud_leak_share_4", "cloud 4-gram"))
+
+
+def _cell(value, share: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.1f}%" if share else f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def table(tasks: list[tuple[str, int]]) -> str:
+    """The quality table (per task: R-1, R-L, METEOR, tok/s; acceptance over all tasks) and, with
+    leakage, the leakage table (per task: the output's and the cloud view's longest copied span
+    in words and share of copied 4-grams). Also writes every average to table.json."""
     from costeer_jax.eval.evaluation import evaluate_prediction_files
     from costeer_jax.eval.scoring import Scorers
 
+    names = [parse_run(item)[0] for item in FLAGS.methods]
     scores: dict[tuple[str, str], dict] = {}
     for task, _ in tasks:
-        files = [run_paths(task, m)[0] for m in FLAGS.methods]
-        results = evaluate_prediction_files(files, Scorers(), tasks=[task], metrics=["rouge", "meteor"])
-        for method, result in zip(FLAGS.methods, results):
-            scores[(task, method)] = {k: round(v, 2) for k, v in result["averages"].items()}
-    header = ["method"]
-    for task, limit in tasks:
-        header += [f"{task} R-1", "R-L", "METEOR", "tok/s"]
+        results = evaluate_prediction_files([run_paths(task, n)[0] for n in names], Scorers(), tasks=[task],
+                                            metrics=FLAGS.metrics)
+        for name, result in zip(names, results):
+            scores[(task, name)] = result["averages"]
+    header = ["run"] + [c for task, _ in tasks for c in (f"{task} R-1", "R-L", "METEOR", "tok/s")]
     header += ["acceptance (all tasks)", "accepted length"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    quality = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    leak_header = ["run"] + [f"{task} {label}" if i == 0 else label for task, _ in tasks
+                             for i, (_, label) in enumerate(LEAKAGE_COLUMNS)]
+    leakage = ["| " + " | ".join(leak_header) + " |", "|" + "---|" * len(leak_header)]
     data = {}
-    for method in FLAGS.methods:
-        cells = [method]
+    for name in names:
+        cells, leak_cells = [name], [name]
         for task, _ in tasks:
-            s = scores[(task, method)]
-            figures_path = run_paths(task, method)[1]
+            s = scores[(task, name)]
+            figures_path = run_paths(task, name)[1]
             figures = json.loads(figures_path.read_text()) if figures_path.exists() else {}
-            cells += [str(s.get("rouge1", "")), str(s.get("rougeL", "")), str(s.get("meteor", "")),
-                      str(figures.get("tokens_per_s", ""))]
-            data[f"{task}/{method}"] = {**s, "tokens_per_s": figures.get("tokens_per_s"),
-                                        **speculative_figures([run_paths(task, method)[0]])}
-        spec = speculative_figures([run_paths(t, method)[0] for t, _ in tasks])
-        cells += [str(spec.get("acceptance", "")), str(spec.get("accepted_length", ""))]
-        lines.append("| " + " | ".join(cells) + " |")
-    (Path(FLAGS.output_dir) / "table.json").write_text(json.dumps(data, indent=1))
-    return "\n".join(lines)
+            cells += [_cell(s.get("rouge1")), _cell(s.get("rougeL")), _cell(s.get("meteor")),
+                      _cell(figures.get("tokens_per_s"))]
+            leak_cells += [_cell(s.get(key), "share" in key) for key, _ in LEAKAGE_COLUMNS]
+            data[f"{task}/{name}"] = {**s, "tokens_per_s": figures.get("tokens_per_s"),
+                                      **speculative_figures([run_paths(task, name)[0]])}
+        spec = speculative_figures([run_paths(t, name)[0] for t, _ in tasks])
+        cells += [_cell(spec.get("acceptance")), _cell(spec.get("accepted_length"))]
+        quality.append("| " + " | ".join(cells) + " |")
+        leakage.append("| " + " | ".join(leak_cells) + " |")
+    (Path(FLAGS.output_dir) / f"{FLAGS.table_name}.json").write_text(json.dumps(data, indent=1))
+    text = "\n".join(quality)
+    if "leakage" in FLAGS.metrics:
+        text += "\n\nLeakage (words; share of the text's 4-grams copied from the private context, not in the query):\n\n"
+        text += "\n".join(leakage)
+    return text
 
 
 def main(argv):
@@ -114,12 +150,12 @@ def main(argv):
         name, _, limit = item.partition(":")
         tasks.append((name, int(limit or 0)))
     for task, limit in tasks:
-        for method in FLAGS.methods:
-            generate(task, limit, method)
+        for item in FLAGS.methods:
+            generate(task, limit, item)
     if FLAGS.dry_run:
         return
     text = table(tasks)
-    (Path(FLAGS.output_dir) / "table.md").write_text(text + "\n")
+    (Path(FLAGS.output_dir) / f"{FLAGS.table_name}.md").write_text(text + "\n")
     print(text)
 
 
