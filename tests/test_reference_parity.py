@@ -69,6 +69,6 @@ def test_batch8_token_identical_to_reference(prompts_file, ours, ref):
 
 @pytest.mark.parametrize("ours,ref,batch_size", [
     ("llm_wo", "llm_wo", 1), ("llm_w", "llm_w", 8), ("costeer", "costeer", 1),
-    ("light_costeer", "light", 1), ("light_costeer", "light", 8)])
+    ("light_costeer", "light", 1), ("light_costeer", "light", 8), ("fuse", "fuse", 1), ("fuse", "fuse", 8)])
 def test_token_identical_to_reference(prompts_file, ours, ref, batch_size):
     assert our_tokens(ours, batch_size) == reference_tokens(prompts_file, ref)

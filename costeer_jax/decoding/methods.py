@@ -99,6 +99,11 @@ def _contrastive(logits, state, hyper):
     return policy, state, {}
 
 
+def _fuse(logits, state, hyper):
+    fused = steering.fuse_logits(logits["llm"], logits["slm_w"], logits["slm_wo"], hyper["spec_beta"])
+    return _log_softmax(fused), state, {}
+
+
 def _proxy_tuning(logits, state, hyper):
     return steering.proxy_tuning(logits["llm"], logits["sft_w"], logits["slm_w"]), state, {}
 
@@ -131,6 +136,10 @@ def get_method(name: str, max_T: int = 20, speculative: SpeculativeOptions | Non
     if name == "cs":
         return Method(name, ("slm_wo", "slm_w"), _contrastive, ("cs_lambda",),
                       description="LA/CS: the SLM steering itself with its own context delta")
+    if name == "fuse":
+        return Method(name, ("llm", "slm_wo", "slm_w"), _fuse, ("spec_beta",),
+                      description="fuse: SpecSteer's Eq. 8 on every token, h_LLM + beta (h_SLM+ - h_SLM-) "
+                                  "(the SpecSteer paper's 'LightCoSteer' row)")
     if name == "proxy_tuning":
         return Method(name, ("llm", "sft_w", "slm_w"), _proxy_tuning,
                       description="proxy-tuning: LLM + (SLM-SFT - SLM-base) logits")
@@ -150,7 +159,7 @@ def get_method(name: str, max_T: int = 20, speculative: SpeculativeOptions | Non
 
 
 METHOD_NAMES = ("llm_wo", "llm_w", "slm_wo", "slm_w", "costeer", "light_costeer", "ada_costeer",
-                "cs", "proxy_tuning") + SPECULATIVE_METHOD_NAMES
+                "cs", "fuse", "proxy_tuning") + SPECULATIVE_METHOD_NAMES
 
 
 def steering_active(state) -> jax.Array:
