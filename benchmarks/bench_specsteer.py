@@ -68,9 +68,9 @@ flags.DEFINE_string("output", None, "Also write the rows as JSON here.")
 def random_llm(like, hidden, layers, heads, kv_heads, intermediate, seed=0):
     """A random-weight Llama-style model on `like`'s vocabulary and tokenizer (fp32)."""
     import jax
-    import jax.numpy as jnp
 
     from costeer_jax.models.config import DecoderConfig
+    from costeer_jax.models.init import random_params
     from costeer_jax.models.loading import LoadedModel
 
     head_dim = hidden // heads
@@ -79,17 +79,7 @@ def random_llm(like, hidden, layers, heads, kv_heads, intermediate, seed=0):
                         num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
                         rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True, qkv_bias=False,
                         qk_norm=False, max_position_embeddings=like.cfg.max_position_embeddings)
-    keys = jax.random.split(jax.random.key(seed), 1 + 4 * layers)
-    normal = lambda key, shape: 0.02 * jax.random.normal(key, shape, jnp.float32)
-    params = {  # the layout loading.py produces for a tied model (see decoder.py)
-        "embed": normal(keys[0], (vocab, hidden)), "final_norm": jnp.ones((hidden,), jnp.float32),
-        "layers": [{
-            "attn_norm": jnp.ones((hidden,), jnp.float32),
-            "qkv": normal(keys[1 + 4 * i], (hidden, (heads + 2 * kv_heads) * head_dim)),
-            "o": normal(keys[2 + 4 * i], (heads * head_dim, hidden)),
-            "mlp_norm": jnp.ones((hidden,), jnp.float32),
-            "gate_up": normal(keys[3 + 4 * i], (hidden, 2 * intermediate)),
-            "down": normal(keys[4 + 4 * i], (hidden, intermediate))} for i in range(layers)]}
+    params = random_params(cfg, jax.random.key(seed))
     return LoadedModel(f"random-llama-{hidden}x{layers}", cfg, params, like.tokenizer, like.generation_eos)
 
 

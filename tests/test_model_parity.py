@@ -196,3 +196,22 @@ def test_real_gguf_logits_match_transformers_gguf_load(alias):
     print(f"{alias}: {len(ids)} positions, max |ours - transformers| = {difference:.2e}")
     assert difference <= REAL_MODEL_ATOL[alias]
     np.testing.assert_array_equal(ours.argmax(-1), expected.argmax(-1))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_random_params_have_the_loaders_layout(tiny_checkpoints, arch):
+    """models/init.py (benchmarks at shapes no checkpoint has) builds the very pytree the loader
+    does: same leaves, shapes and dtypes, and a forward that runs."""
+    import jax
+
+    from costeer_jax.models.init import random_params
+
+    m = loading.load_model(str(tiny_checkpoints[arch]))
+    params = random_params(m.cfg, jax.random.key(0), dtype=jnp.bfloat16)
+    spec = lambda tree: jax.tree.map(lambda x: x.shape, tree)
+    assert spec(params) == spec(m.params)
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+    valid = jnp.ones((1, 5), bool)
+    cache = kv.init_cache(m.cfg, 1, 8, jnp.bfloat16)
+    logits, _ = decoder.forward(params, m.cfg, jnp.arange(5)[None], decoder.append_positions(cache, valid), valid, cache)
+    assert logits.shape == (1, 5, m.cfg.vocab_size) and bool(jnp.all(jnp.isfinite(logits)))
