@@ -34,7 +34,7 @@ flags.DEFINE_list("methods", ["llm_wo", "llm_w", "slm_wo", "slm_w", "costeer", "
                   "Runs: a generate.py --method value, or NAME=METHOD+FLAG+FLAG for a variant, e.g. "
                   "costeer_guard8=costeer+--copy_guard=8 or specsteer_lam0.1=specsteer+--spec_lambda=0.1.")
 flags.DEFINE_integer("max_new_tokens", 128, "Tokens per example.")
-flags.DEFINE_integer("batch_size", 8, "Prompts per batch.")
+flags.DEFINE_integer("batch_size", 12, "Prompts per batch (at most the task's limit).")
 flags.DEFINE_list("extra", [], "More generate.py flags for every run, e.g. --record_cloud_view.")
 flags.DEFINE_list("metrics", ["rouge", "meteor", "leakage"], "evaluate metrics (leakage adds the second table).")
 flags.DEFINE_string("table_name", "table", "Basename of the table files (table.md, table.json).")
@@ -57,13 +57,18 @@ def run_paths(task: str, name: str) -> tuple[Path, Path]:
     return folder / f"{name}.jsonl", folder / f"{name}.figures.json"
 
 
+def batch_size(limit: int) -> int:
+    """--batch_size, never above the task's row count: a short task is not padded to a wide batch."""
+    return min(FLAGS.batch_size, limit) if limit else FLAGS.batch_size
+
+
 def generate(task: str, limit: int, item: str) -> None:
     name, method, own = parse_run(item)
     output, figures_path = run_paths(task, name)
     output.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(REPO_ROOT / "experiments" / "generate.py"), f"--method={method}",
            f"--task={task}", f"--limit={limit}", f"--llm={FLAGS.llm}", f"--slm={FLAGS.slm}",
-           f"--max_new_tokens={FLAGS.max_new_tokens}", f"--batch_size={FLAGS.batch_size}", f"--output={output}",
+           f"--max_new_tokens={FLAGS.max_new_tokens}", f"--batch_size={batch_size(limit)}", f"--output={output}",
            *FLAGS.extra, *own]
     if FLAGS.dry_run:
         print(" ".join(cmd))
