@@ -1,12 +1,14 @@
 """Where costeer-jax keeps what it derives once and reuses: assembled model files, converted
 params, compiled programs. One root, `$COSTEER_JAX_CACHE` or `$XDG_CACHE_HOME/costeer_jax`
-(default `~/.cache/costeer_jax`), with one folder per kind."""
+(default `~/.cache/costeer_jax`), with one folder per kind; `$COSTEER_JAX_PARAMS_CACHE` moves the
+converted params alone."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 ROOT_ENV_VAR = "COSTEER_JAX_CACHE"
+PARAMS_ENV_VAR = "COSTEER_JAX_PARAMS_CACHE"  # the params folder alone elsewhere (the test suite's tiny models)
 
 
 def cache_root() -> Path:
@@ -23,6 +25,8 @@ def models_dir() -> Path:
 
 def params_dir() -> Path:
     """Converted params (dequantized, fused, laid out for our decoder), memory-mapped on load."""
+    if os.environ.get(PARAMS_ENV_VAR):
+        return Path(os.environ[PARAMS_ENV_VAR]).expanduser()
     return cache_root() / "params"
 
 

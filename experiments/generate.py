@@ -67,7 +67,8 @@ def main(argv):
     if process_count > 1:  # each host decodes its own share into its own resumable file
         examples = distributed.host_shard(examples, process_index, process_count)
     output = distributed.shard_output_path(FLAGS.output, process_index, process_count)
-    method = get_method(FLAGS.method, max_T=max(FLAGS.T, 1), speculative=run_setup.speculative_options(FLAGS.method))
+    method = get_method(FLAGS.method, max_T=max(FLAGS.T, 1), speculative=run_setup.speculative_options(FLAGS.method),
+                        ada_stop_on_streak=FLAGS.ada_stop_on_streak)
     hyper = {k: getattr(FLAGS, k) for k in method.hyper_keys}
     # Refuse bad values before minutes of loading (the Generator prints the degenerate-value warnings).
     check_hyper(hyper)

@@ -29,6 +29,15 @@ def define_run_flags(batch_size_default: int, batch_size_help: str) -> None:
     flags.DEFINE_string("preference", None, "concise|creative|uplifting|verbose for preference tasks.")
     flags.DEFINE_string("data_dir", None, "Dataset folder (default: ../shared/data/costeer_release).")
     flags.DEFINE_integer("limit", None, "Only the first N examples.")
+    flags.DEFINE_enum("retrieval", "bge", ["bge", "bm25"], "LongLaMP history records: the release's bge-reranker "
+                      "ranking, or BM25 over the row's whole profile (CoSteer Table 9, SpecSteer Table 7).")
+    flags.DEFINE_integer("retrieval_k", 5, "LongLaMP history records in the private context.")
+    flags.DEFINE_enum("noise", "none", ["none", "irrelevant", "appended"],
+                      "LongLaMP robustness settings: irrelevant = records of another task (CoSteer Table 10); "
+                      "appended = low-similarity records of other users after the retrieved ones (SpecSteer "
+                      "Table 7). See costeer_jax/data/context_options.py.")
+    flags.DEFINE_integer("noise_k", None, "--noise=appended: records appended (default --retrieval_k).")
+    flags.DEFINE_integer("noise_seed", 0, "Seed of the noise draws (per row: seed and row id).")
     flags.DEFINE_integer("batch_size", batch_size_default, batch_size_help)
     flags.DEFINE_integer("max_new_tokens", 128, "Generation budget per example.")
     flags.DEFINE_integer("seed", 0, "Sampling seed (per-example keys derive from it and the id).")
@@ -50,6 +59,9 @@ def define_run_flags(batch_size_default: int, batch_size_help: str) -> None:
     flags.DEFINE_integer("copy_guard", 0, "Forbid, on the edge, the token completing a verbatim copy of N tokens of "
                          "the private context not also in the query (steering methods, SLM settings and the "
                          "SpecSteer/SD drafter; 0: off, the papers' behaviour). A mitigation: paraphrase passes.")
+    flags.DEFINE_bool("ada_stop_on_streak", False, "ada_costeer: decode the step that completes the k-step "
+                      "confidence streak with the plain LLM, as the authors' release does (default: that step "
+                      "is still steered; vanilla LLM from the next step).")
     flags.DEFINE_bool("record_cloud_view", False, "Add to each row `cloud_view`: the token ids the cloud received "
                       "beyond the bare query (drafts included; see costeer_jax/privacy.py), and its text.")
     flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
@@ -88,7 +100,17 @@ def load_examples():
     if FLAGS.prompts_file:
         examples = data.load_prompts_file(FLAGS.prompts_file)
         return examples[:FLAGS.limit] if FLAGS.limit else examples
-    return data.load_task(FLAGS.task, FLAGS.data_dir, FLAGS.preference, FLAGS.limit)
+    return data.load_task(FLAGS.task, FLAGS.data_dir, FLAGS.preference, FLAGS.limit, context=context_options())
+
+
+def context_options():
+    from costeer_jax.data.context_options import ContextOptions
+
+    try:
+        return ContextOptions(retrieval=FLAGS.retrieval, k=FLAGS.retrieval_k, noise=FLAGS.noise,
+                              noise_k=FLAGS.noise_k, noise_seed=FLAGS.noise_seed)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
 
 
 def load_models(method, mesh=None):
@@ -135,6 +157,11 @@ def generator_options() -> dict:
 def static_config(generator, method_name: str) -> dict:
     """Compile-time settings recorded in each row's `config` (beside the per-row hyperparameters)."""
     guard = {"copy_guard": generator.copy_guard} if generator.copy_guard else {}
+    if method_name == "ada_costeer" and FLAGS.ada_stop_on_streak:
+        guard["ada_stop_on_streak"] = True
+    context = context_options()
+    if not context.is_default:  # evaluation rebuilds the same context (references, leakage) from it
+        guard.update(context.as_config())
     if generator.spec is None:
         return guard
     config = dict(**guard,K=generator.spec.num_draft, bonus_token=generator.spec.bonus,

@@ -101,7 +101,8 @@ def main(argv):
     if FLAGS.batch_size < 1 or FLAGS.max_new_tokens < 1:
         raise app.UsageError("--batch_size and --max_new_tokens must be positive")
     # One program for the whole grid: the FTRL scan runs to the largest T, masked per row.
-    method = get_method(method_name, max_T=sweep.max_T(configs), speculative=run_setup.speculative_options(method_name))
+    method = get_method(method_name, max_T=sweep.max_T(configs), speculative=run_setup.speculative_options(method_name),
+                        ada_stop_on_streak=FLAGS.ada_stop_on_streak)
     examples = run_setup.load_examples()
     sampling = Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed)
     run_setup.enable_compilation_cache()

@@ -82,6 +82,22 @@ def qwen_pair_available() -> bool:
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_params_cache(tmp_path_factory):
+    """Every load in the suite (subprocesses included) converts into a folder of this session:
+    the tiny random checkpoints get new paths each run and would otherwise pile up in the user's
+    cache. Assembled model files stay shared (cache_dirs.models_dir)."""
+    from costeer_jax import cache_dirs
+
+    previous = os.environ.get(cache_dirs.PARAMS_ENV_VAR)
+    os.environ[cache_dirs.PARAMS_ENV_VAR] = str(tmp_path_factory.mktemp("params_cache"))
+    yield
+    if previous is None:
+        del os.environ[cache_dirs.PARAMS_ENV_VAR]
+    else:
+        os.environ[cache_dirs.PARAMS_ENV_VAR] = previous
+
+
 @pytest.fixture(scope="session")
 def smollm2_tokenizer_dir(tmp_path_factory):
     """The SmolLM2 tokenizer (from the GGUF) saved as an HF tokenizer folder."""

@@ -30,8 +30,9 @@ def models(tiny_chat_models):
     return {methods.LLM: loaded["llm"], methods.SLM: loaded["slm"], methods.SLM_SFT: loaded["sft"]}
 
 
-def run(method_name, models, batch_size, examples=EXAMPLES, sampling=Sampling(), **kw):
-    gen = Generator(methods.get_method(method_name, max_T=4), models, max_new_tokens=6,
+def run(method_name, models, batch_size, examples=EXAMPLES, sampling=Sampling(), ada_stop_on_streak=False, **kw):
+    gen = Generator(methods.get_method(method_name, max_T=4, ada_stop_on_streak=ada_stop_on_streak), models,
+                    max_new_tokens=6,
                     batch_size=batch_size, sampling=sampling, hyper={"T": 4, "tau": 1e-7, "k_consecutive": 2, **kw})
     rows = []
     for i in range(0, len(examples), batch_size):
@@ -65,6 +66,21 @@ def test_costeer_differs_from_llm_and_ada_counts_steering(models):
     assert all(r["steered_tokens"] == len(r["token_ids"]) for r in costeer.values())
     ada = run("ada_costeer", models, 3)  # tau tiny, k=2: steers exactly the first 2 tokens
     assert all(r["steered_tokens"] == 2 for r in ada.values())
+
+
+def test_ada_stop_on_streak_hands_exactly_the_streak_completing_step_to_the_llm(models):
+    """tau tiny, k=2: every step is confident, so the streak completes at step 1. By default that
+    step is still steered (2 steered tokens); with the option it is the LLM's (1), and the run is
+    then the default rule with k=1, token for token. Step 0 is the same either way."""
+    default = run("ada_costeer", models, 3, beta=5.0)
+    stop = run("ada_costeer", models, 3, beta=5.0, ada_stop_on_streak=True)
+    one = run("ada_costeer", models, 3, beta=5.0, k_consecutive=1)
+    assert all(r["steered_tokens"] == 2 for r in default.values())
+    assert all(r["steered_tokens"] == 1 for r in stop.values())
+    for k in default:
+        assert stop[k]["token_ids"] == one[k]["token_ids"]
+        assert stop[k]["token_ids"][0] == default[k]["token_ids"][0]
+    assert any(stop[k]["token_ids"] != default[k]["token_ids"] for k in default)  # the step matters here
 
 
 def test_llm_streams_never_see_private_context(models):

@@ -12,17 +12,22 @@ def bm25_top_k(query: str, documents: Sequence[str], k: int) -> list[int]:
     Uses bm25s (Lucene BM25, English stopwords removed). Ties, including the all-zero case of a
     query sharing no term with the profile, keep profile order so retrieval is deterministic.
     """
-    import bm25s  # imported here: only the LaMP/LongLaMP adapters need it
-
     if k <= 0 or not documents:
         return []
-    k = min(k, len(documents))
-    in_profile_order = list(range(k))
+    scores = bm25_scores(query, documents)
+    return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def bm25_scores(query: str, documents: Sequence[str]) -> np.ndarray:
+    """BM25 score of every document for `query` (zeros when there is nothing to rank on)."""
+    import bm25s  # imported here: only the LaMP/LongLaMP adapters need it
+
+    if not documents:
+        return np.zeros(0)
     document_tokens = bm25s.tokenize(list(documents), stopwords="en", return_ids=False, show_progress=False)
     query_tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)[0]
     if not query_tokens or not any(document_tokens):
-        return in_profile_order  # nothing to rank on (bm25s cannot index an empty vocabulary)
+        return np.zeros(len(documents))  # bm25s cannot index an empty vocabulary
     retriever = bm25s.BM25()
     retriever.index(document_tokens, show_progress=False)
-    scores = np.nan_to_num(np.asarray(retriever.get_scores(query_tokens), dtype=np.float64))
-    return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+    return np.nan_to_num(np.asarray(retriever.get_scores(query_tokens), dtype=np.float64))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from costeer_jax.data.context_options import ContextOptions
 from costeer_jax.data.costeer_release import COSTEER_TASKS, PREFERENCE_TASKS, load_release_task
 from costeer_jax.data.example import Example
 from costeer_jax.data.jsonl import DataFormatError, iter_jsonl, require_fields, require_text
@@ -37,7 +38,8 @@ def _check_unique_ids(examples: list[Example], source: str) -> list[Example]:
 
 
 def load_task(name: str, data_dir: str | Path | None = None, preference: str | None = None,
-              limit: int | None = None, *, split: str = "dev", setting: str = "user") -> list[Example]:
+              limit: int | None = None, *, split: str = "dev", setting: str = "user",
+              context: ContextOptions = ContextOptions()) -> list[Example]:
     """The examples of one benchmark task, in file order.
 
     CoSteer tasks read `{name}.jsonl` from data_dir (default: `default_data_dir()`); preference
@@ -57,7 +59,10 @@ def load_task(name: str, data_dir: str | Path | None = None, preference: str | N
             raise FileNotFoundError(
                 f"no data folder for task {name!r}: pass --data_dir pointing at the CoSteer release "
                 f"files ({name}.jsonl); ../shared/data/costeer_release was not found")
-        return _check_unique_ids(load_release_task(name, directory, preference, limit), str(directory))
+        return _check_unique_ids(load_release_task(name, directory, preference, limit, context), str(directory))
+    if not context.is_default:
+        raise ValueError(f"--retrieval/--noise apply to the CoSteer release's LongLaMP tasks; {name!r} always "
+                         "lists its top-4 BM25 profile entries (SpecSteer B.4)")
     if data_dir is not None:
         return _check_unique_ids(load_profile_task_files(name, Path(data_dir), split, limit), str(data_dir))
     if PROFILE_TASK_SPECS[name].hub_config is None:

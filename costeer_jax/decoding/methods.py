@@ -85,8 +85,9 @@ def _costeer(max_T, logits, state, hyper):
     return policy, state, {"steered_tokens": jnp.ones(policy.shape[:1], jnp.int32)}
 
 
-def _ada_costeer(max_T, logits, state, hyper):
-    state, steer = steering.ada_update(state, logits["llm"], hyper["tau"], hyper["k_consecutive"])
+def _ada_costeer(max_T, stop_on_streak, logits, state, hyper):
+    state, steer = steering.ada_update(state, logits["llm"], hyper["tau"], hyper["k_consecutive"],
+                                       count_current_step=stop_on_streak)
     steered = steering.costeer_policy(
         logits["llm"], logits["slm_wo"], logits["slm_w"], hyper["alpha"], hyper["beta"],
         hyper["lam"], hyper["eta"], hyper["T"], max_T=max_T)
@@ -109,9 +110,13 @@ def _proxy_tuning(logits, state, hyper):
 
 
 @functools.lru_cache(maxsize=None)
-def get_method(name: str, max_T: int = 20, speculative: SpeculativeOptions | None = None) -> Method:
+def get_method(name: str, max_T: int = 20, speculative: SpeculativeOptions | None = None,
+               ada_stop_on_streak: bool = False) -> Method:
     """Method objects are cached so the static policy (a jit cache key) is reused across calls.
-    `speculative` configures specsteer/sd (defaults when None) and is ignored by other methods."""
+    `speculative` configures specsteer/sd (defaults when None) and is ignored by other methods.
+    `ada_stop_on_streak` (ada_costeer): the step that completes the confidence streak is already
+    decoded by the plain LLM, as the authors' release does; default: that step is still steered
+    (steering/adaptive.py says why)."""
     plain = {
         "llm_wo": ("llm", "LLM on the bare query (no personal context)"),
         "llm_w": ("llm_w", "LLM with the personal context (privacy-violating upper bound)"),
@@ -129,10 +134,11 @@ def get_method(name: str, max_T: int = 20, speculative: SpeculativeOptions | Non
         return Method(name, ("llm", "slm_wo", "slm_w"), functools.partial(_costeer, 1),
                       steering_keys, description="LightCoSteer (T=1)")
     if name == "ada_costeer":
-        return Method(name, ("llm", "slm_wo", "slm_w"), functools.partial(_ada_costeer, max_T),
+        when = "at" if ada_stop_on_streak else "after"
+        return Method(name, ("llm", "slm_wo", "slm_w"), functools.partial(_ada_costeer, max_T, ada_stop_on_streak),
                       steering_keys + ("tau", "k_consecutive"),
                       init_state=steering.ada_init, gated_streams=("slm_wo", "slm_w"),
-                      description="AdaCoSteer (steering stops after k confident LLM steps)")
+                      description=f"AdaCoSteer (steering stops {when} the step completing k confident LLM steps)")
     if name == "cs":
         return Method(name, ("slm_wo", "slm_w"), _contrastive, ("cs_lambda",),
                       description="LA/CS: the SLM steering itself with its own context delta")

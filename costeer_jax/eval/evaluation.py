@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from costeer_jax.data import is_preference_task, load_task
+from costeer_jax.data.context_options import ContextOptions
 from costeer_jax.eval.plots import plot_leakage_vs_quality, plot_sweeps
 from costeer_jax.eval.predictions import read_predictions
 from costeer_jax.eval.reports import build_table, setting_labels, table_csv, table_json, table_markdown
@@ -48,16 +49,19 @@ def evaluate_prediction_files(prediction_paths: Sequence[str | Path], scorers: S
     files = [read_predictions(path) for path in prediction_paths]
     task_flags = _per_file(tasks, len(files), "task")
     preference_flags = _per_file(preferences, len(files), "preference")
-    examples_cache: dict[tuple[str, str | None], list] = {}
+    examples_cache: dict[tuple, list] = {}
     results = []
     for predictions, task_flag, preference_flag in zip(files, task_flags, preference_flags):
         task = task_flag or predictions.task
         if task is None:
             raise ValueError(f"{predictions.path}: no task; pass --task (its rows carry no 'task' field)")
         preference = (preference_flag or predictions.preference) if is_preference_task(task) else None
-        key = (task, preference)
+        # Rows generated under --retrieval/--noise name their context; leakage is measured against it.
+        context = ContextOptions.from_config(predictions.config)
+        key = (task, preference, context)
         if key not in examples_cache:
-            examples_cache[key] = load_task(task, data_dir, preference, split=split, setting=longlamp_setting)
+            examples_cache[key] = load_task(task, data_dir, preference, split=split, setting=longlamp_setting,
+                                            context=context)
         results.append(score_prediction_file(task, examples_cache[key], predictions,
                                              list(metrics) if metrics else default_metrics(task), scorers,
                                              preference))
