@@ -29,6 +29,11 @@ def define_run_flags(batch_size_default: int, batch_size_help: str) -> None:
     flags.DEFINE_string("preference", None, "concise|creative|uplifting|verbose for preference tasks.")
     flags.DEFINE_string("data_dir", None, "Dataset folder (default: ../shared/data/costeer_release).")
     flags.DEFINE_integer("limit", None, "Only the first N examples.")
+    flags.DEFINE_string("split", "dev", "LaMP/LongLaMP split read from --data_dir: train, dev or test.")
+    flags.DEFINE_enum("longlamp_setting", "user", ["user", "temporal"], "LongLaMP hub setting when no --data_dir "
+                      "(SpecSteer B.3 uses temporal).")
+    flags.DEFINE_integer("top_users", None, "LaMP/LongLaMP: only the N users with the longest profiles (SpecSteer "
+                         "B.3: the 100 most active), in file order, before --limit.")
     flags.DEFINE_enum("retrieval", "bge", ["bge", "bm25"], "LongLaMP history records: the release's bge-reranker "
                       "ranking, or BM25 over the row's whole profile (CoSteer Table 9, SpecSteer Table 7).")
     flags.DEFINE_integer("retrieval_k", 5, "LongLaMP history records in the private context.")
@@ -100,7 +105,11 @@ def load_examples():
     if FLAGS.prompts_file:
         examples = data.load_prompts_file(FLAGS.prompts_file)
         return examples[:FLAGS.limit] if FLAGS.limit else examples
-    return data.load_task(FLAGS.task, FLAGS.data_dir, FLAGS.preference, FLAGS.limit, context=context_options())
+    try:
+        return data.load_task(FLAGS.task, FLAGS.data_dir, FLAGS.preference, FLAGS.limit, split=FLAGS.split,
+                              setting=FLAGS.longlamp_setting, context=context_options(), top_users=FLAGS.top_users)
+    except ValueError as e:
+        raise app.UsageError(str(e)) from None
 
 
 def context_options():
@@ -155,18 +164,21 @@ def generator_options() -> dict:
 
 
 def static_config(generator, method_name: str) -> dict:
-    """Compile-time settings recorded in each row's `config` (beside the per-row hyperparameters)."""
-    guard = {"copy_guard": generator.copy_guard} if generator.copy_guard else {}
+    """Compile-time settings and the data protocol recorded in each row's `config` (beside the
+    per-row hyperparameters), where they are not the defaults: evaluate.py reads the same
+    examples back from them."""
+    config = {"copy_guard": generator.copy_guard} if generator.copy_guard else {}
+    config.update({k: getattr(FLAGS, k) for k, default in (("split", "dev"), ("longlamp_setting", "user"),
+                                                            ("top_users", None)) if getattr(FLAGS, k) != default})
     if method_name == "ada_costeer" and FLAGS.ada_stop_on_streak:
-        guard["ada_stop_on_streak"] = True
+        config["ada_stop_on_streak"] = True
     context = context_options()
-    if not context.is_default:  # evaluation rebuilds the same context (references, leakage) from it
-        guard.update(context.as_config())
-    if generator.spec is None:
-        return guard
-    config = dict(**guard,K=generator.spec.num_draft, bonus_token=generator.spec.bonus,
-                  threshold_acceptance=generator.spec.threshold_acceptance,
-                  downlink_topk=generator.spec.downlink_topk)
-    if method_name == "sd":
-        config["sd_drafter"] = FLAGS.sd_drafter
+    if not context.is_default:
+        config.update(context.as_config())
+    if generator.spec is not None:
+        config.update(K=generator.spec.num_draft, bonus_token=generator.spec.bonus,
+                      threshold_acceptance=generator.spec.threshold_acceptance,
+                      downlink_topk=generator.spec.downlink_topk)
+        if method_name == "sd":
+            config["sd_drafter"] = FLAGS.sd_drafter
     return config

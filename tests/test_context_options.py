@@ -158,3 +158,30 @@ def test_release_head_files_bge_head_is_top5_and_bm25_differs_on_some_row():
     bm25 = load_task("longlamp_review", RELEASE_DIR, context=ContextOptions(retrieval="bm25", k=5))
     assert [e.personalized_query for e in bge] == [e.personalized_query for e in default]
     assert any(a.personalized_query != b.personalized_query for a, b in zip(bm25, default))
+
+
+def test_generate_records_the_protocol_and_refuses_it_where_it_does_not_apply(data_dir, tiny_chat_models, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from costeer_jax.eval.evaluation import evaluate_prediction_files
+    from costeer_jax.eval.scoring import Scorers
+
+    out = tmp_path / "noisy.jsonl"
+    common = [sys.executable, str(REPO_ROOT / "experiments" / "generate.py"), f"--llm={tiny_chat_models['llm']}",
+              f"--slm={tiny_chat_models['slm']}", f"--data_dir={data_dir}", "--max_new_tokens=2", "--batch_size=3",
+              "--progress=false", "--compilation_cache_dir="]
+    done = subprocess.run([*common, "--method=slm_w", "--task=longlamp_review", "--retrieval=bm25", "--retrieval_k=1",
+                           "--noise=appended", "--noise_k=1", "--noise_seed=5", f"--output={out}"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = ContextOptions(retrieval="bm25", k=1, noise="appended", noise_k=1, noise_seed=5)
+    assert len(rows) == 3 and all(ContextOptions.from_config(r["config"]) == expected for r in rows)
+    (result,) = evaluate_prediction_files([out], Scorers(), tasks=["longlamp_review"], metrics=["leakage"],
+                                          data_dir=data_dir)
+    assert result["averages"]["leak_span"] is not None and not result["missing_ids"]
+    refused = subprocess.run([*common, "--method=slm_w", "--task=cogenesis", "--noise=irrelevant",
+                              f"--output={tmp_path / 'x.jsonl'}"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "ships its context ready-made" in refused.stderr.strip().splitlines()[-1]

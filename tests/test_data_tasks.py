@@ -266,3 +266,20 @@ def test_lamp_errors_name_the_fix(tmp_path):
     (tmp_path / "dev_questions.json").write_text(json.dumps(bad))
     with pytest.raises(DataFormatError, match=r"dev_questions.json row 0 profile entry 0: missing field\(s\) 'text'"):
         load_task("lamp_4", tmp_path)
+
+
+def test_top_users_keeps_the_longest_profiles_in_file_order_before_limit(tmp_path):
+    import shutil
+
+    shutil.copytree(FIXTURES / "lamp", tmp_path / "lamp")
+    questions = tmp_path / "lamp" / "LaMP_4" / "dev" / "dev_questions.json"
+    rows = json.loads(questions.read_text())
+    template = rows[0]
+    sizes = {"u1": 1, "u2": 4, "u3": 2, "u4": 4}  # u2 and u4 are the most active; u3 ties nobody
+    rows = [dict(template, id=user, profile=template["profile"][:1] * size) for user, size in sizes.items()]
+    questions.write_text(json.dumps(rows))
+    assert [e.id for e in load_task("lamp_4", tmp_path / "lamp", top_users=2)] == ["u2", "u4"]
+    assert [e.id for e in load_task("lamp_4", tmp_path / "lamp", top_users=3)] == ["u2", "u3", "u4"]
+    assert [e.id for e in load_task("lamp_4", tmp_path / "lamp", top_users=2, limit=1)] == ["u2"]
+    with pytest.raises(ValueError, match="--top_users selects LaMP/LongLaMP users"):
+        load_task("cogenesis", top_users=2)

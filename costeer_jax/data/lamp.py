@@ -127,7 +127,7 @@ def example_from_profile_row(spec: ProfileTaskSpec, row: dict[str, Any], index: 
         reference = None
     profile_ids = [str(row["profile"][i].get("id", i)) for i in chosen]
     return Example(id=example_id, query=task_input, personalized_query=personalized, reference=reference,
-                   meta={"retrieved_profile_ids": profile_ids})
+                   meta={"retrieved_profile_ids": profile_ids, "profile_size": len(row["profile"])})
 
 
 def _gold_outputs(path: Path) -> dict[str, str]:
@@ -165,6 +165,13 @@ def find_split_files(spec: ProfileTaskSpec, data_dir: Path, split: str) -> tuple
         f"no {split} questions file for task {spec.name!r} under --data_dir {data_dir}; looked for: "
         + ", ".join(str(p) for p in tried[:6]) + (" ..." if len(tried) > 6 else "")
         + ". Point --data_dir at the unpacked LaMP/LongLaMP download")
+
+
+def most_active_users(examples: Sequence[Example], count: int) -> list[Example]:
+    """The `count` users with the most profile entries (SpecSteer B.3: "the top-100 most active
+    users (based on interaction frequency)"), kept in file order; ties go to the earlier row."""
+    ranked = sorted(range(len(examples)), key=lambda i: (-examples[i].meta.get("profile_size", 0), i))
+    return [examples[i] for i in sorted(ranked[:count])]
 
 
 def examples_from_rows(spec: ProfileTaskSpec, rows: Sequence[dict[str, Any]], source: str,

@@ -7,7 +7,8 @@ from costeer_jax.data.context_options import ContextOptions
 from costeer_jax.data.costeer_release import COSTEER_TASKS, PREFERENCE_TASKS, load_release_task
 from costeer_jax.data.example import Example
 from costeer_jax.data.jsonl import DataFormatError, iter_jsonl, require_fields, require_text
-from costeer_jax.data.lamp import PROFILE_TASK_SPECS, PROFILE_TASKS, load_longlamp_from_hub, load_profile_task_files
+from costeer_jax.data.lamp import (PROFILE_TASK_SPECS, PROFILE_TASKS, load_longlamp_from_hub, load_profile_task_files,
+                              most_active_users)
 
 TASKS = (*COSTEER_TASKS, *PROFILE_TASKS)
 
@@ -39,13 +40,14 @@ def _check_unique_ids(examples: list[Example], source: str) -> list[Example]:
 
 def load_task(name: str, data_dir: str | Path | None = None, preference: str | None = None,
               limit: int | None = None, *, split: str = "dev", setting: str = "user",
-              context: ContextOptions = ContextOptions()) -> list[Example]:
+              context: ContextOptions = ContextOptions(), top_users: int | None = None) -> list[Example]:
     """The examples of one benchmark task, in file order.
 
     CoSteer tasks read `{name}.jsonl` from data_dir (default: `default_data_dir()`); preference
     tasks need `preference`. LaMP/LongLaMP tasks read the official JSON layout from data_dir
     (`split` picks train/dev/test); without data_dir the LongLaMP ones come from the hub
-    (`setting`: user or temporal).
+    (`setting`: user or temporal). `top_users=N` keeps the N users with the longest profiles
+    (SpecSteer B.3's 100 most active users), before `limit`.
     """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
@@ -53,6 +55,13 @@ def load_task(name: str, data_dir: str | Path | None = None, preference: str | N
         raise ValueError(f"--limit must be >= 0, got {limit}")
     if preference is not None and not is_preference_task(name):
         raise ValueError(f"--preference applies only to {', '.join(PREFERENCE_TASKS)}, not {name!r}")
+    if top_users is not None:
+        if name not in PROFILE_TASKS:
+            raise ValueError(f"--top_users selects LaMP/LongLaMP users ({', '.join(PROFILE_TASKS)}), not {name!r}")
+        if top_users < 1:
+            raise ValueError(f"--top_users must be >= 1, got {top_users}")
+        chosen = most_active_users(load_task(name, data_dir, split=split, setting=setting), top_users)
+        return chosen[:limit] if limit is not None else chosen
     if name in COSTEER_TASKS:
         directory = Path(data_dir) if data_dir is not None else default_data_dir()
         if directory is None:

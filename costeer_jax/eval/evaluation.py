@@ -45,7 +45,8 @@ def evaluate_prediction_files(prediction_paths: Sequence[str | Path], scorers: S
                               metrics: Sequence[str] | None = None, data_dir: str | Path | None = None,
                               split: str = "dev", longlamp_setting: str = "user") -> list[dict[str, Any]]:
     """One evaluation record per file. Task and preference come from the flags or, failing that,
-    from the rows' "task" / "preference" (or config["preference"]) fields."""
+    from the rows' "task" / "preference" (or config["preference"]) fields; the LongLaMP context
+    options, split and setting from the rows' config when they were not the defaults."""
     files = [read_predictions(path) for path in prediction_paths]
     task_flags = _per_file(tasks, len(files), "task")
     preference_flags = _per_file(preferences, len(files), "preference")
@@ -58,9 +59,11 @@ def evaluate_prediction_files(prediction_paths: Sequence[str | Path], scorers: S
         preference = (preference_flag or predictions.preference) if is_preference_task(task) else None
         # Rows generated under --retrieval/--noise name their context; leakage is measured against it.
         context = ContextOptions.from_config(predictions.config)
-        key = (task, preference, context)
+        row_split = predictions.config.get("split", split)
+        row_setting = predictions.config.get("longlamp_setting", longlamp_setting)
+        key = (task, preference, context, row_split, row_setting)
         if key not in examples_cache:
-            examples_cache[key] = load_task(task, data_dir, preference, split=split, setting=longlamp_setting,
+            examples_cache[key] = load_task(task, data_dir, preference, split=row_split, setting=row_setting,
                                             context=context)
         results.append(score_prediction_file(task, examples_cache[key], predictions,
                                              list(metrics) if metrics else default_metrics(task), scorers,
