@@ -148,3 +148,38 @@ def token_loop_account(method: str, llm: Shape, slm: Shape, query_tokens: int, c
         setattr(account, f"{side}_prefill", getattr(account, f"{side}_prefill") + prefill)
         setattr(account, f"{side}_decode", getattr(account, f"{side}_decode") + decode)
     return account
+
+
+def verify_flops(shape: Shape, start: int, positions: int) -> int:
+    """One forward of `positions` new tokens after `start` cached ones, logits at every position
+    (a Draft-Verify verification, or a draft step when positions = 1)."""
+    attended = positions * start + positions * (positions + 1) // 2
+    return positions * (projection_flops(shape) + head_flops(shape)) + attention_flops(shape, attended)
+
+
+def speculative_account(method: str, llm: Shape, slm: Shape, query_tokens: int, context_tokens: int,
+                        new_tokens: int, iterations: float, drafted_tokens: float, num_draft: int) -> Account:
+    """FLOPs of one SpecSteer / SD answer from its iteration counts (a run's `llm_calls` and
+    `drafted_tokens` per row, or the expectation from an acceptance rate): the edge prefills
+    SLM+ on query + context and runs one step per draft; the cloud prefills the LLM (and, for
+    SpecSteer, SLM-) on the query and verifies K+1 positions per iteration (App. D: SLM- on the
+    cloud). Attention lengths use the mean position of the answer (exact to first order)."""
+    if method not in ("specsteer", "sd"):
+        raise ValueError(f"speculative_account covers specsteer and sd, not {method!r}")
+    middle = new_tokens // 2
+    account = Account()
+    account.edge_prefill = exact_prefill_flops(slm, query_tokens + context_tokens)
+    account.edge_decode = drafted_tokens * verify_flops(slm, query_tokens + context_tokens + middle, 1)
+    cloud_models = (llm, slm) if method == "specsteer" else (llm,)
+    for shape in cloud_models:
+        account.cloud_prefill += exact_prefill_flops(shape, query_tokens)
+        account.cloud_decode += iterations * verify_flops(shape, query_tokens + middle, num_draft + 1)
+    return account
+
+
+def specsteer_table11_llm_rag(llm: Shape, new_tokens: int, context_tokens: int) -> float:
+    """SpecSteer Table 11's LLM (RAG) row, reverse-engineered: 24 n l h^2 + 8 n l h c for n = 100
+    generated tokens and c context tokens (Qwen3-32B: within 1% of all three printed values).
+    No count of work done gives the table's SpecSteer rows (see BUILD_NOTES.md)."""
+    l, h = llm.layers, llm.hidden
+    return 24.0 * new_tokens * l * h * h + 8.0 * new_tokens * l * h * context_tokens
