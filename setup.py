@@ -6,6 +6,7 @@ setup(
     version="0.1.0",
     description="CoSteer / SpecSteer decoding-time personalization as batched, jitted JAX kernels",
     packages=find_packages(include=["costeer_jax", "costeer_jax.*"]),
+    package_data={"costeer_jax.reproduction": ["paper_numbers.json"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.7",

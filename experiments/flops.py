@@ -21,6 +21,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from costeer_jax.costs import flops  # noqa: E402
+from costeer_jax.reproduction import analytic  # noqa: E402
 from costeer_jax.costs.speculative import expected_tokens_per_iteration  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -36,52 +37,6 @@ flags.DEFINE_float("acceptance", 0.56, "specsteer/sd without --run_file: per-dra
 flags.DEFINE_string("run_file", None, "A generate.py output of specsteer/sd: iterations and drafts per row from it.")
 flags.DEFINE_enum("convention", "exact", ["exact", "narayanan"], "Token-loop counting convention.")
 
-COSTEER_TABLE14 = {"llm_wo": (0.87, 0.87, 0.87), "llm_w": (0.96, 1.74, 9.98), "costeer": (1.21, 1.35, 2.98)}
-SPECSTEER_TABLE11 = {"LLM (RAG)": (4.01, 4.25, 6.64), "SpecSteer (λ=0.5)": (2.30, 2.32, 2.50),
-                     "SpecSteer (λ=0.75)": (1.72, 1.74, 1.88)}
-
-
-def shape_of(spec: str, name: str) -> flops.Shape:
-    from costeer_jax.models.config import DecoderConfig
-
-    if spec.endswith(".json"):
-        return flops.Shape.from_config(DecoderConfig.from_hf(json.loads(Path(spec).read_text())), name)
-    from costeer_jax.models.registry import MODELS, model_file
-    from costeer_jax.models.gguf_file import gguf_config
-
-    path = str(model_file(spec)) if spec in MODELS else spec
-    return flops.Shape.from_config(gguf_config(path), name)
-
-
-def paper_tables() -> None:
-    llm, slm = flops.PRESETS["Qwen2.5-7B"], flops.PRESETS["Qwen2.5-1.5B"]
-    print("CoSteer Table 14 (TFLOPs; Qwen2.5-7B/1.5B; Narayanan's estimate over 100 + C tokens)")
-    print("| method | C=10 paper / ours | C=100 | C=1000 |\n|---|---|---|---|")
-    for method, printed in COSTEER_TABLE14.items():
-        cells = [f"{p:.2f} / {flops.token_loop_account(method, llm, slm, 20, c, 80, 'narayanan').total / 1e12:.2f}"
-                 for c, p in zip((10, 100, 1000), printed)]
-        print(f"| {method} | " + " | ".join(cells) + " |")
-    llm, slm = flops.PRESETS["Qwen3-32B"], flops.PRESETS["Qwen3-0.6B"]
-    print("\nSpecSteer Table 11 (TFLOPs; Qwen3-32B/0.6B; 100 new tokens). LLM (RAG) row: the paper's values "
-          "fit 24 n l h^2 + 8 n l h c (no prefill of the context counted); the SpecSteer rows are below "
-          "100 x the LLM's per-token cost, which no count of the verification work gives. Ours (exact): "
-          f"query 20 tokens, K=4, acceptance 0.56 / 0.47.")
-    print("| row | c=100 paper / ours | c=1000 | c=10000 |\n|---|---|---|---|")
-    for label, printed in SPECSTEER_TABLE11.items():
-        cells = []
-        for c, p in zip((100, 1000, 10000), printed):
-            if label.startswith("LLM"):
-                fit = flops.specsteer_table11_llm_rag(llm, 100, c) / 1e12
-                exact = flops.token_loop_account("llm_w", llm, slm, 20, c, 100).total / 1e12
-                cells.append(f"{p:.2f} / {fit:.2f} (exact {exact:.1f})")
-            else:
-                acceptance = 0.56 if "0.5)" in label else 0.47
-                iterations = 100 / expected_tokens_per_iteration(acceptance, 4)
-                exact = flops.speculative_account("specsteer", llm, slm, 20, c, 100, iterations, 4 * iterations, 4)
-                cells.append(f"{p:.2f} / exact {exact.total / 1e12:.1f}")
-        print(f"| {label} | " + " | ".join(cells) + " |")
-
-
 def run_statistics() -> tuple[float, float]:
     """Mean iterations (llm_calls) and drafted tokens per row of --run_file."""
     rows = [json.loads(line) for line in Path(FLAGS.run_file).read_text().splitlines() if line.strip()]
@@ -93,7 +48,9 @@ def run_statistics() -> tuple[float, float]:
 def main(argv):
     del argv
     if not (FLAGS.pair or FLAGS.llm_config):
-        paper_tables()
+        print(analytic.costeer_table14_markdown())
+        print()
+        print(analytic.specsteer_table11_markdown())
         return
     if FLAGS.pair:
         llm, slm = (flops.PRESETS[n] for n in flops.PAPER_PAIRS[FLAGS.pair])

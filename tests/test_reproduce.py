@@ -1,0 +1,79 @@
+"""experiments/reproduce.py: every registered table plans (dry run, as CI runs it); the paper
+numbers have the table's shape; a table runs end to end on tiny models, and a rerun after an
+interruption redoes only what is missing."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+from costeer_jax.decoding.methods import METHOD_NAMES
+from costeer_jax.reproduction.tables import TABLES
+
+SCRIPT = str(REPO_ROOT / "experiments" / "reproduce.py")
+
+
+def reproduce(*args, timeout=900):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO_ROOT)
+
+
+def test_registry_rows_have_the_tables_shape_and_runnable_methods():
+    for name, spec in TABLES.items():
+        labels = [run.label for run in spec.runs]
+        assert len(labels) == len(set(labels)), name
+        for label, values in spec.paper.items():
+            assert label in labels, (name, label)
+            assert len(values) == len(spec.tasks) * len(spec.columns), (name, label)
+        for run in spec.runs:
+            assert run.method in METHOD_NAMES or spec.needs, (name, run.method)
+    for required in ("costeer_table1", "costeer_table2", "costeer_table9", "costeer_table10", "costeer_table11",
+                     "costeer_table12", "costeer_table13", "costeer_table14", "costeer_figure2", "specsteer_table2",
+                     "specsteer_table4", "specsteer_table7", "specsteer_table9", "specsteer_table10",
+                     "specsteer_table11"):
+        assert required in TABLES
+
+
+def test_dry_run_of_every_table_and_the_analytic_tables(tmp_path):
+    done = reproduce("--table=all", "--dry_run", f"--output_dir={tmp_path}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in TABLES:
+        assert name in done.stdout, name
+    assert "| llm_w | 0.96 / 0.95 | 1.74 / 1.74 | 9.98 / 9.98 |" in done.stdout  # Table 14 beside ours
+    assert "| LLM (RAG) | 4.01 / 4.05" in done.stdout  # Table 11's reproducible row
+    assert "costeer_table11: not runnable yet" in done.stdout
+    assert not list(tmp_path.rglob("*.jsonl"))  # a dry run runs nothing
+    unknown = reproduce("--table=costeer_table99")
+    assert unknown.returncode != 0 and "unknown table 'costeer_table99'" in unknown.stderr
+
+
+def test_a_table_end_to_end_on_tiny_models_and_resume_redoes_only_the_missing_run(tiny_chat_models, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    profile = [{"description": f"item {i}", "reviewText": f"good item {i}", "overall": "5.0", "summary": "s",
+                "bge_score": [1.0 - i / 10]} for i in range(6)]
+    (data / "longlamp_review.jsonl").write_text(json.dumps(
+        {"id": 0, "reviewerId": "u", "input": "Write a review of item 2", "output": "good item",
+         "profile": profile, "top_5": profile[:5]}) + "\n")
+    out = tmp_path / "out"
+    args = ["--table=costeer_table12", f"--llm={tiny_chat_models['llm']}", f"--slm={tiny_chat_models['slm']}",
+            "--limit=1", "--max_new_tokens=2", "--tasks=longlamp_review", f"--data_dir={data}", f"--output_dir={out}",
+            "--extra=--progress=false", "--rows=LightCoSteer,CoSteer"]
+    first = reproduce(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    table = (out / "costeer_table12.md").read_text()
+    assert "| CoSteer | " in table and "(32.72)" in table  # ours beside the paper's Review R-1
+    runs = sorted((out / "costeer_table12" / "longlamp_review").glob("*.jsonl"))
+    assert len(runs) == 2  # --rows
+    kept = {p.name: p.stat().st_mtime_ns for p in runs}
+    lost = out / "costeer_table12" / "longlamp_review" / "CoSteer.jsonl"
+    lost.write_text("")  # as if killed before its batch landed
+    second = reproduce(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert lost.read_text().strip()  # redone
+    for path in runs:
+        if path != lost:
+            assert path.stat().st_mtime_ns == kept[path.name]  # untouched
