@@ -14,7 +14,6 @@ It is a plumbing-and-behaviour table for a small pair on a CPU, not the papers' 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -63,35 +62,21 @@ def batch_size(limit: int) -> int:
 
 
 def generate(task: str, limit: int, item: str) -> None:
+    from costeer_jax.reproduction import harness
+
     name, method, own = parse_run(item)
     output, figures_path = run_paths(task, name)
     output.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(REPO_ROOT / "experiments" / "generate.py"), f"--method={method}",
-           f"--task={task}", f"--limit={limit}", f"--llm={FLAGS.llm}", f"--slm={FLAGS.slm}",
-           f"--max_new_tokens={FLAGS.max_new_tokens}", f"--batch_size={batch_size(limit)}", f"--output={output}",
-           *FLAGS.extra, *own]
+    cmd = harness.generate_command(method, task, output, FLAGS.llm, FLAGS.slm, limit, FLAGS.max_new_tokens,
+                                   batch_size(limit), (*FLAGS.extra, *own))
     if FLAGS.dry_run:
         print(" ".join(cmd))
         return
     print(f"== {task} {name}", file=sys.stderr, flush=True)
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"generate.py failed for {task} {name} (exit {done.returncode}); rerun to resume")
-    figures = json.loads(done.stdout.strip().splitlines()[-1])
-    if figures["examples"]:  # a resumed run with nothing left keeps the figures of the run that decoded
-        figures_path.write_text(json.dumps(figures, indent=1))
-
-
-def speculative_figures(outputs: list[Path]) -> dict:
-    """Acceptance rate and mean accepted length over every row of the given run files."""
-    from costeer_jax.decoding.speculative import STAT_NAMES, stats_summary
-
-    rows = [json.loads(line) for output in outputs for line in output.read_text().splitlines() if line.strip()]
-    if not rows or "drafted_tokens" not in rows[0]:
-        return {}
-    totals = {name: sum(r.get(name, 0) for r in rows) for name in STAT_NAMES}
-    summary = stats_summary(totals, sum(len(r["token_ids"]) for r in rows))
-    return {"acceptance": summary["acceptance_rate"], "accepted_length": summary["mean_accepted_length"]}
+    try:
+        harness.run_generate(cmd, figures_path)
+    except RuntimeError as e:
+        raise SystemExit(str(e)) from None
 
 
 LEAKAGE_COLUMNS = (("leak_span", "out span"), ("leak_share_4", "out 4-gram"), ("cloud_leak_span", "cloud span"),
@@ -110,6 +95,7 @@ def table(tasks: list[tuple[str, int]]) -> str:
     in words and share of copied 4-grams). Also writes every average to table.json."""
     from costeer_jax.eval.evaluation import evaluate_prediction_files
     from costeer_jax.eval.scoring import Scorers
+    from costeer_jax.reproduction.harness import speculative_figures
 
     names = [parse_run(item)[0] for item in FLAGS.methods]
     scores: dict[tuple[str, str], dict] = {}
