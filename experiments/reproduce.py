@@ -124,13 +124,18 @@ def run_table(spec: TableSpec) -> None:
             harness.run_generate(job.command, job.figures_path)
         except RuntimeError as e:
             raise app.UsageError(str(e)) from None
-    markdown, csv_text, data = harness.build_table(spec, jobs, tasks, FLAGS.data_dir)
+    markdown, csv_text, data, evaluated = harness.build_table(spec, jobs, tasks, FLAGS.data_dir)
     header = (f"{spec.caption}. Ours: --llm={FLAGS.llm} --slm={FLAGS.slm}, {FLAGS.limit} rows per task, "
               f"{FLAGS.max_new_tokens} new tokens, greedy; (paper: {spec.paper_pair}).")
     text = header + "\n\n" + markdown
     if spec.kind == "latency":
         text += "\n\n" + latency_model(spec)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.name == "costeer_figure2":  # the figure itself: a panel per swept parameter
+        from costeer_jax.eval.plots import plot_sweeps
+
+        plots = plot_sweeps(evaluated, out_dir / spec.name)
+        text += "\n\nPlots: " + ", ".join(str(p) for p in plots)
     (out_dir / f"{spec.name}.md").write_text(text + "\n")
     (out_dir / f"{spec.name}.csv").write_text(csv_text)
     (out_dir / f"{spec.name}.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "rows": data}, indent=1))

@@ -122,19 +122,22 @@ def _ours(value) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def build_table(spec: TableSpec, jobs: Sequence[Job], tasks: Sequence[str], data_dir: str | None) -> tuple[str, str, dict]:
-    """(Markdown, CSV, JSON) of the table: per row and task each column as `ours (paper)`, then
-    the run figures (tokens/s; acceptance over the row's tasks)."""
+def build_table(spec: TableSpec, jobs: Sequence[Job], tasks: Sequence[str],
+                data_dir: str | None) -> tuple[str, str, dict, list]:
+    """(Markdown, CSV, JSON, evaluation records) of the table: per row and task each column as
+    `ours (paper)`, then the run figures (tokens/s; acceptance over the row's tasks)."""
     from costeer_jax.eval.evaluation import evaluate_prediction_files
     from costeer_jax.eval.scoring import Scorers
 
     scores: dict[tuple[str, str], dict] = {}
+    evaluated = []
     for task in tasks:
         task_jobs = [j for j in jobs if j.task == task and j.output.exists() and j.output.stat().st_size]
         if not task_jobs:
             continue
         results = evaluate_prediction_files([j.output for j in task_jobs], Scorers(), tasks=[task],
                                             metrics=list(spec.metrics) or ["rouge"], data_dir=data_dir)
+        evaluated += results
         for job, result in zip(task_jobs, results):
             scores[(task, job.run.label)] = result["averages"]
     paper_tasks = list(spec.tasks)
@@ -170,4 +173,4 @@ def build_table(spec: TableSpec, jobs: Sequence[Job], tasks: Sequence[str], data
         data[run.label] = record
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows_csv)
-    return "\n".join(lines), buffer.getvalue(), data
+    return "\n".join(lines), buffer.getvalue(), data, evaluated
