@@ -175,12 +175,18 @@ def test_cached_load_equals_in_memory_conversion(checkpoint, tmp_path, dtype):
 
 
 def test_cache_off_converts_in_memory(checkpoint, tmp_path, count_conversions, monkeypatch):
-    monkeypatch.setenv("COSTEER_JAX_CACHE", str(tmp_path / "root"))
+    from costeer_jax import cache_dirs
+
+    monkeypatch.setenv(cache_dirs.ROOT_ENV_VAR, str(tmp_path / "root"))
+    monkeypatch.delenv(cache_dirs.PARAMS_ENV_VAR, raising=False)  # the suite's session folder
     params_cache.load_model_cached(str(checkpoint), "float32", "")
     params_cache.load_model_cached(str(checkpoint), "float32", "")
     assert len(count_conversions) == 2 and not (tmp_path / "root").exists()
     params_cache.load_model_cached(str(checkpoint), "float32")  # None: the default folder
     assert len(list((tmp_path / "root" / "params").iterdir())) == 1
+    monkeypatch.setenv(cache_dirs.PARAMS_ENV_VAR, str(tmp_path / "elsewhere"))  # moves the params alone
+    params_cache.load_model_cached(str(checkpoint), "float32")
+    assert len(list((tmp_path / "elsewhere").iterdir())) == 1
 
 
 @pytest.mark.slow
