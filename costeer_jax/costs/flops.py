@@ -152,9 +152,9 @@ def token_loop_account(method: str, llm: Shape, slm: Shape, query_tokens: int, c
 
 def verify_flops(shape: Shape, start: int, positions: int) -> int:
     """One forward of `positions` new tokens after `start` cached ones, logits at every position
-    (a Draft-Verify verification, or a draft step when positions = 1)."""
-    attended = positions * start + positions * (positions + 1) // 2
-    return positions * (projection_flops(shape) + head_flops(shape)) + attention_flops(shape, attended)
+    (a Draft-Verify verification, or a draft step when positions = 1): the same work as that many
+    decode steps."""
+    return exact_decode_flops(shape, start, positions)
 
 
 def speculative_account(method: str, llm: Shape, slm: Shape, query_tokens: int, context_tokens: int,
