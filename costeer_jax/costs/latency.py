@@ -28,8 +28,8 @@ import math
 from costeer_jax.costs import speculative
 from costeer_jax.costs.flops import Shape, exact_decode_flops, projection_flops
 
-FP32_BYTES = 4
-SPECSTEER_DOWNLINK_TOPK = 32  # App. D's k for the recovery term h_LLM - beta h_SLM-
+FP32_BYTES = speculative.CLOUD_VALUE_BYTES
+SPECSTEER_DOWNLINK_TOPK = speculative.ACCOUNTING_TOPK  # App. D's k for the recovery term h_LLM - beta h_SLM-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,10 +130,6 @@ class TokenLatency:
 TOKEN_LOOP_PASSES = {"costeer": None, "light_costeer": 1, "fuse": 1}  # None: the T hyperparameter
 
 
-def token_id_bytes(vocab: int) -> int:
-    return max(1, math.ceil(math.ceil(math.log2(max(vocab, 2))) / 8))
-
-
 def token_latency(method: str, times: StepTimes, network: Network, *, T: int = 20, downlink_topk: int = 0,
                   steered_fraction: float = 1.0, acceptance: float = 0.5, num_draft: int = 4,
                   bonus: bool | None = None, spec_topk: int = SPECSTEER_DOWNLINK_TOPK) -> TokenLatency:
@@ -151,7 +147,7 @@ def token_latency(method: str, times: StepTimes, network: Network, *, T: int = 2
                             s * steered.optimisation)
     if method in TOKEN_LOOP_PASSES:
         passes = TOKEN_LOOP_PASSES[method] or T
-        id_bytes = token_id_bytes(times.vocab)
+        id_bytes = speculative.token_id_bytes(times.vocab)
         down = downlink_topk * (id_bytes + FP32_BYTES) if downlink_topk else times.vocab * FP32_BYTES
         transmission = network.rtt_s + network.transfer_s(id_bytes, down)
         return TokenLatency(max(times.llm_step, times.slm_pair_step), transmission, passes * times.ftrl_pass)
@@ -160,7 +156,7 @@ def token_latency(method: str, times: StepTimes, network: Network, *, T: int = 2
             raise ValueError(f"acceptance must be in [0, 1], got {acceptance}")
         bonus = (method == "sd") if bonus is None else bonus
         committed = speculative.expected_tokens_per_iteration(acceptance, num_draft, bonus)
-        id_bytes = token_id_bytes(times.vocab)
+        id_bytes = speculative.token_id_bytes(times.vocab)
         rejection = 1.0 - acceptance ** num_draft
         draws = rejection + (acceptance ** num_draft if bonus else 0.0)
         per_draw = spec_topk * (id_bytes + FP32_BYTES) if method == "specsteer" else id_bytes

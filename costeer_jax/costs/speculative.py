@@ -16,6 +16,16 @@ is partly compute-bound and costs several single steps (measured by benchmarks/b
 from __future__ import annotations
 
 import dataclasses
+import math
+
+# Appendix D's wire format, shared by the kernel's byte accounting and the latency model.
+ACCOUNTING_TOPK = 32  # Appendix D's example k when no truncation is asked for
+CLOUD_VALUE_BYTES = 4  # a top-k entry's value travels as the fp32 we compute with
+
+
+def token_id_bytes(vocab_size: int) -> int:
+    """Bytes of one token id on the wire: the fewest whole bytes that hold any id."""
+    return max(1, math.ceil(math.ceil(math.log2(max(vocab_size, 2))) / 8))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+from costeer_jax.costs.speculative import ACCOUNTING_TOPK, CLOUD_VALUE_BYTES, token_id_bytes
 
 from costeer_jax.decoding.engine import DecodeResult, Prompt
 from costeer_jax.models.cache import KVCache, init_cache, round_up
@@ -49,8 +50,6 @@ from costeer_jax.steering.speculative import (first_rejection, gather_token_logp
                                               residual_distribution, specsteer_accept_prob)
 
 SPECSTEER, SD = "specsteer", "sd"
-ACCOUNTING_TOPK = 32  # Appendix D's example k when no truncation is asked for
-CLOUD_VALUE_BYTES = 4  # a top-k entry's value travels as the fp32 we compute with
 # Per-row statistics, summed over a row's iterations: LLM verification forwards (= iterations),
 # drafted and accepted draft tokens (the verification outcome, before EOS/budget truncation),
 # tokens drawn at a rejection / as the bonus, and the Appendix D link bytes.
@@ -274,11 +273,6 @@ def make_spec_config(kind: str, *, num_draft: int = 4, bonus: bool | None = None
 
 # ------------------------------------------------------------------------------------------
 # Accounting (SpecSteer Appendix D)
-
-def token_id_bytes(vocab_size: int) -> int:
-    """Bytes of one token id on the wire: the fewest whole bytes that hold any id."""
-    return max(1, math.ceil(math.ceil(math.log2(max(vocab_size, 2))) / 8))
-
 
 def link_bytes(spec: SpecConfig, greedy: bool, n_acc: jax.Array, vocab_size: int):
     """(uplink, downlink) bytes of one iteration per row, float32 [B] (sums exceed int32 for SD).

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import re
@@ -95,15 +96,22 @@ def plan(spec: TableSpec, output_dir: Path, llm: str, slm: str, limit: int, max_
     return jobs
 
 
+@functools.lru_cache(maxsize=None)
+def _examples(task: str, data_dir: str | None, limit: int) -> tuple:
+    """A task's examples, read once per dry run (every row of a table shares them)."""
+    from costeer_jax.data import load_task
+
+    return tuple(load_task(task, data_dir, limit=limit or None))
+
+
 def estimated_flops(job: Job, llm_shape, slm_shape, max_new_tokens: int, data_dir: str | None, limit: int) -> float:
     """TFLOPs of a job from the examples' character counts (~4 per token), exact convention;
     specsteer/sd at acceptance 0.5, K=4."""
     from costeer_jax.costs import flops
     from costeer_jax.costs.speculative import expected_tokens_per_iteration
-    from costeer_jax.data import load_task
 
     total = 0.0
-    for example in load_task(job.task, data_dir, limit=limit or None):
+    for example in _examples(job.task, data_dir, limit):
         query = int(len(example.query) / CHARS_PER_TOKEN) + 20
         context = max(0, int((len(example.personalized_query) - len(example.query)) / CHARS_PER_TOKEN))
         if job.run.method in ("specsteer", "sd"):
