@@ -25,8 +25,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
+from costeer_jax.models import lora
 from costeer_jax.models.cache import KVCache, init_cache
 from costeer_jax.models.config import DecoderConfig
 from costeer_jax.models.rope import apply_rope, inverse_frequencies, rope_tables
@@ -34,9 +34,15 @@ from costeer_jax.models.rope import apply_rope, inverse_frequencies, rope_tables
 Params = dict[str, Any]
 
 
+def accumulation_dtype(dtype):
+    """fp32 for fp32/bf16 models (norms, softmax, dot accumulation), fp64 when a gradient check
+    runs the model in fp64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     # As HF: normalise in fp32, cast back, then scale (the order matters for bf16 parity).
-    xf = x.astype(jnp.float32)
+    xf = x.astype(accumulation_dtype(x.dtype))
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return weight * xf.astype(x.dtype)
 
@@ -45,24 +51,76 @@ def _attention(q, keys, values, positions, cfg: DecoderConfig):
     """q [B,S,H,hd]; keys/values [B,K,T,hd]; a query at position p sees slots t <= p."""
     b, s, _, hd = q.shape
     q = q.reshape(b, s, cfg.num_kv_heads, cfg.group_size, hd)
-    scores = jnp.einsum("bskgd,bktd->bkgst", q, keys, preferred_element_type=jnp.float32)
+    acc = accumulation_dtype(q.dtype)
+    scores = jnp.einsum("bskgd,bktd->bkgst", q, keys, preferred_element_type=acc)
     scores = scores * (hd ** -0.5)
     slots = jnp.arange(keys.shape[2], dtype=jnp.int32)
     visible = slots[None, None, :] <= positions[:, :, None]  # [B, S, T]
-    scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
+    scores = jnp.where(visible[:, None, None, :, :], scores, jnp.finfo(acc).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
-    out = jnp.einsum("bkgst,bktd->bskgd", probs, values, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkgst,bktd->bskgd", probs, values, preferred_element_type=acc)
     return out.reshape(b, s, cfg.num_heads * hd).astype(q.dtype)
 
 
+def _layer(x, w, cfg: DecoderConfig, cos, sin, attend, state, lora_layer=None, adapters=None, dropout=None):
+    """One transformer block. attend(q [B,S,H,hd], k, v [B,S,K,hd], state) -> (out [B,S,H*hd], state)
+    is the attention of the caller (cached decode or packed training). With `lora_layer`, each
+    adapted projection adds its low-rank delta (models/lora.py); dropout=(rate, key) in training."""
+    b, s, _ = x.shape
+
+    def project(name, h, spec):
+        y = jnp.einsum(spec, h, w[name])
+        if lora_layer is not None and name in lora_layer:
+            drop = None if dropout is None else (dropout[0], jax.random.fold_in(dropout[1], _PROJ_INDEX[name]))
+            y = y + lora.projection_delta(h, lora_layer[name], adapters, lora.fused_widths(cfg, name), drop)
+        return y
+
+    h_q, h_kv, hd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.head_dim
+    h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
+    qkv = project("qkv", h, "bsd,de->bse")
+    if cfg.qkv_bias:
+        qkv = qkv + w["qkv_bias"]
+    q = qkv[..., :h_q].reshape(b, s, cfg.num_heads, hd)
+    k = qkv[..., h_q:h_q + h_kv].reshape(b, s, cfg.num_kv_heads, hd)
+    v = qkv[..., h_q + h_kv:].reshape(b, s, cfg.num_kv_heads, hd)
+    if cfg.qk_norm:
+        q = rms_norm(q, w["q_norm"], cfg.rms_norm_eps)
+        k = rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    attn, state = attend(q, k, v, state)
+    x = x + project("o", attn, "bse,ed->bsd")
+    h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
+    gate, up = jnp.split(project("gate_up", h, "bsd,df->bsf"), 2, axis=-1)
+    return x + project("down", jax.nn.silu(gate) * up, "bsf,df->bsd"), state
+
+
+_PROJ_INDEX = {"qkv": 0, "o": 1, "gate_up": 2, "down": 3}
+
+
+def output_head(params: Params) -> jax.Array:
+    """The vocabulary projection [V, D]: lm_head, or the embedding of a tied model."""
+    return params["lm_head"] if "lm_head" in params else params["embed"]
+
+
+def _lora_layers(adapters, n_layers: int):
+    return [None] * n_layers if adapters is None else adapters.layers
+
+
+def _output_logits(params: Params, cfg: DecoderConfig, x: jax.Array) -> jax.Array:
+    x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+    return jnp.einsum("bsd,vd->bsv", x, output_head(params), preferred_element_type=accumulation_dtype(x.dtype))
+
+
 def forward(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: jax.Array,
-            valid: jax.Array, cache: KVCache, logits_index: jax.Array | None = None):
+            valid: jax.Array, cache: KVCache, logits_index: jax.Array | None = None,
+            adapters: "lora.RowAdapters | None" = None):
     """Runs `tokens` [B, S] at `positions` [B, S], writing their K/V into the cache.
 
     valid [B, S] marks real tokens; padding writes nothing (its slot is out of range and
     dropped). Real tokens of a row must occupy positions lengths[b], lengths[b]+1, ...
     logits_index [B] (optional) picks one position per row to project to the vocabulary, so
-    prefill does not pay for [B, S, V] logits. Returns (fp32 logits, new cache).
+    prefill does not pay for [B, S, V] logits. `adapters` (optional) adds LoRA deltas, one
+    adapter for all rows or one per row (models/lora.py). Returns (fp32 logits, new cache).
     """
     b, s = tokens.shape
     dtype = params["embed"].dtype
@@ -71,38 +129,57 @@ def forward(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: ja
     write_slots = jnp.where(valid, positions, cache.max_len)  # out of range -> dropped
     rows, heads = jnp.arange(b)[:, None, None], jnp.arange(cfg.num_kv_heads)[None, :, None]
     slots = write_slots[:, None, :]
-    h_q, h_kv, hd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.head_dim
     keys, values = cache.keys, cache.values
-    for i, w in enumerate(params["layers"]):
-        h = rms_norm(x, w["attn_norm"], cfg.rms_norm_eps)
-        qkv = jnp.einsum("bsd,de->bse", h, w["qkv"])
-        if cfg.qkv_bias:
-            qkv = qkv + w["qkv_bias"]
-        q = qkv[..., :h_q].reshape(b, s, cfg.num_heads, hd)
-        k = qkv[..., h_q:h_q + h_kv].reshape(b, s, cfg.num_kv_heads, hd)
-        v = qkv[..., h_q + h_kv:].reshape(b, s, cfg.num_kv_heads, hd)
-        if cfg.qk_norm:
-            q = rms_norm(q, w["q_norm"], cfg.rms_norm_eps)
-            k = rms_norm(k, w["k_norm"], cfg.rms_norm_eps)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k, v = (t.transpose(0, 2, 1, 3).astype(keys.dtype) for t in (k, v))  # [B, K, S, hd]
-        keys = keys.at[i, rows, heads, slots].set(k, mode="drop")
-        values = values.at[i, rows, heads, slots].set(v, mode="drop")
-        attn = _attention(q, keys[i], values[i], positions, cfg)
-        x = x + jnp.einsum("bse,ed->bsd", attn, w["o"])
-        h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
-        gate, up = jnp.split(jnp.einsum("bsd,df->bsf", h, w["gate_up"]), 2, axis=-1)
-        x = x + jnp.einsum("bsf,df->bsd", jax.nn.silu(gate) * up, w["down"])
+    for i, (w, lora_layer) in enumerate(zip(params["layers"], _lora_layers(adapters, len(params["layers"])))):
+        def attend(q, k, v, kv, i=i):
+            keys, values = kv
+            k, v = (t.transpose(0, 2, 1, 3).astype(keys.dtype) for t in (k, v))  # [B, K, S, hd]
+            keys = keys.at[i, rows, heads, slots].set(k, mode="drop")
+            values = values.at[i, rows, heads, slots].set(v, mode="drop")
+            return _attention(q, keys[i], values[i], positions, cfg), (keys, values)
+
+        x, (keys, values) = _layer(x, w, cfg, cos, sin, attend, (keys, values), lora_layer, adapters)
     if logits_index is not None:
         x = x[jnp.arange(b), logits_index][:, None, :]
-    x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-    head = params["lm_head"] if "lm_head" in params else params["embed"]
-    logits = jnp.einsum("bsd,vd->bsv", x, head, preferred_element_type=jnp.float32)
+    logits = _output_logits(params, cfg, x)
     if logits_index is not None:
         logits = logits[:, 0]
     ends = jnp.max(jnp.where(valid, positions + 1, 0), axis=1).astype(jnp.int32)
     new_cache = KVCache(keys=keys, values=values, lengths=jnp.maximum(cache.lengths, ends))
     return logits, new_cache
+
+
+def packed_hidden(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: jax.Array,
+                  segment_ids: jax.Array, adapters: "lora.RowAdapters | None" = None,
+                  dropout: tuple[float, jax.Array] | None = None) -> jax.Array:
+    """Final hidden states [B, S, D] of packed training rows, no cache.
+
+    Row b holds several examples back to back: segment_ids [B, S] numbers them (0 = padding) and
+    positions [B, S] restart at 0 for each, so a token attends only to the earlier tokens of its
+    own example, exactly as if that example ran alone. dropout=(rate, key): LoRA input dropout.
+    """
+    dtype = params["embed"].dtype
+    x = params["embed"][tokens].astype(dtype)
+    cos, sin = rope_tables(jnp.asarray(inverse_frequencies(cfg)), positions)
+    s = tokens.shape[1]
+    causal = jnp.arange(s)[None, :, None] >= jnp.arange(s)[None, None, :]  # [1, S(query), S(key)]
+    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
+    visible = causal & same
+
+    def attend(q, k, v, state):
+        b, _, _, hd = q.shape
+        q = q.reshape(b, s, cfg.num_kv_heads, cfg.group_size, hd)
+        acc = accumulation_dtype(q.dtype)
+        scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=acc) * (hd ** -0.5)
+        scores = jnp.where(visible[:, None, None], scores, jnp.finfo(acc).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgst,btkd->bskgd", probs, v, preferred_element_type=acc)
+        return out.reshape(b, s, cfg.num_heads * hd).astype(q.dtype), state
+
+    for i, (w, lora_layer) in enumerate(zip(params["layers"], _lora_layers(adapters, len(params["layers"])))):
+        drop = None if dropout is None else (dropout[0], jax.random.fold_in(dropout[1], i))
+        x, _ = _layer(x, w, cfg, cos, sin, attend, None, lora_layer, adapters, drop)
+    return rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
 
 
 def append_positions(cache: KVCache, valid: jax.Array) -> jax.Array:
@@ -114,7 +191,7 @@ PREFILL_CHUNK = 512
 
 
 def prefill_logits(params: Params, cfg: DecoderConfig, tokens: jax.Array, prompt_lengths: jax.Array,
-                   cache: KVCache, chunk: int = PREFILL_CHUNK):
+                   cache: KVCache, chunk: int = PREFILL_CHUNK, adapters=None):
     """Right-padded prompts [B, S] with lengths [B] appended to the cache; next-token logits [B, V].
 
     Long prompts are processed in chunks (a `lax.scan`): each chunk attends to the cache written by
@@ -134,7 +211,8 @@ def prefill_logits(params: Params, cfg: DecoderConfig, tokens: jax.Array, prompt
         valid = (start + jnp.arange(size))[None, :] < prompt_lengths[:, None]
         positions = append_positions(cache, valid)
         index = jnp.clip(last - start, 0, size - 1)
-        chunk_logits, cache = forward(params, cfg, chunk_tokens, positions, valid, cache, logits_index=index)
+        chunk_logits, cache = forward(params, cfg, chunk_tokens, positions, valid, cache, logits_index=index,
+                                      adapters=adapters)
         here = ((last >= start) & (last < start + size))[:, None]
         return (cache, jnp.where(here, chunk_logits, logits)), None
 
@@ -144,12 +222,12 @@ def prefill_logits(params: Params, cfg: DecoderConfig, tokens: jax.Array, prompt
     return logits, cache
 
 
-def decode_step_logits(params: Params, cfg: DecoderConfig, tokens: jax.Array, cache: KVCache):
+def decode_step_logits(params: Params, cfg: DecoderConfig, tokens: jax.Array, cache: KVCache, adapters=None):
     """One token per row [B] at each row's own length; returns logits [B, V] and the new cache."""
     positions = cache.lengths[:, None]
     valid = jnp.ones_like(positions, dtype=bool)
     return forward(params, cfg, tokens[:, None], positions, valid, cache,
-                   logits_index=jnp.zeros_like(cache.lengths))
+                   logits_index=jnp.zeros_like(cache.lengths), adapters=adapters)
 
 
 # Standalone jitted entry points (kernels inline the unjitted functions into their own programs).
@@ -159,29 +237,6 @@ decode_step = jax.jit(decode_step_logits, static_argnames=("cfg",), donate_argna
 
 def cast_params(params: Params, dtype) -> Params:
     return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, params)
-
-
-class DecoderLM(nnx.Module):
-    """Flax NNX face of the decoder: weights live in `nnx.Param`s.
-
-    Kernels never call the module directly: they take `nnx.split(model)` state (or `model.params`,
-    the same pytree) as a jit argument and call the pure `forward`, so compiled programs are
-    reused across models of one shape and nothing is captured as a constant.
-    """
-
-    def __init__(self, cfg: DecoderConfig, params: Params):
-        self.cfg = cfg
-        self.weights = nnx.data(jax.tree.map(nnx.Param, params))
-
-    @property
-    def params(self) -> Params:
-        return jax.tree.map(lambda p: p[...], self.weights, is_leaf=lambda x: isinstance(x, nnx.Param))
-
-    def init_cache(self, batch_size: int, max_len: int) -> KVCache:
-        return init_cache(self.cfg, batch_size, max_len, self.params["embed"].dtype)
-
-    def __call__(self, tokens, positions, valid, cache, logits_index=None):
-        return forward(self.params, self.cfg, tokens, positions, valid, cache, logits_index)
 
 
 def param_count(params: Params) -> int:

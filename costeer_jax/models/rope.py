@@ -36,7 +36,7 @@ def rope_tables(inv_freq: jnp.ndarray, positions: jnp.ndarray):
 def apply_rope(x: jnp.ndarray, cos: jnp.ndarray, sin: jnp.ndarray) -> jnp.ndarray:
     """x: [batch, seq, heads, head_dim]; rotates in fp32 and returns x's dtype."""
     half = x.shape[-1] // 2
-    xf = x.astype(jnp.float32)
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))  # fp32, or fp64 in gradient checks
     x1, x2 = xf[..., :half], xf[..., half:]
     c, s = cos[:, :, None, :], sin[:, :, None, :]
     return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x.dtype)

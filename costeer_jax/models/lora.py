@@ -1,0 +1,380 @@
+"""LoRA adapters over the decoder's fused projections, as a separate params pytree.
+
+The base weights are never copied or changed: an adapter is its own pytree of small matrices,
+and the forward adds each projection's low-rank delta to the frozen projection's output,
+exactly as `peft`'s LoRA layer does for separate q/k/v/o/gate/up/down modules:
+
+    y = x W  +  (alpha / r) * dropout(x) A B          (per module; peft: lora_B(lora_A(drop(x))))
+
+Our q/k/v and gate/up projections are fused into one matmul each (models/decoder.py), so an
+adapter on a fused projection holds one `a` [in, S*r] (the S modules' A matrices side by side:
+one dot reads the input once for all of them) and S separate `b` matrices [r, out_s], one per
+module: a block-diagonal B would triple the qkv delta's FLOPs with zeros. Modules that are not
+targeted contribute zero columns.
+
+Layout of one adapter (r rank, S targeted modules of a fused projection):
+  {"layers": [ {proj: {"a": [in, S*r], "b": [[r, out_q] | None, [r, out_k] | None, ...]}}, ... ]}
+with proj in qkv (modules q, k, v), o, gate_up (gate, up), down. `b` has one entry per module of
+the fused projection, None where that module is not targeted (a static part of the pytree's
+structure, so the forward knows which columns get a delta); `a` holds only the targeted ones.
+
+Per-row adapters (`RowAdapters`): adapters of one shape stacked on a leading axis [n, ...] and a
+row index [B] (-1: the base model), so one forward reads the base weights once for rows with
+different adapters (S-LoRA/Punica's batching), each row adding its own delta.
+
+Why our own code and not `qwix`: qwix's `LoraProvider` adds adapters by intercepting the
+dot_generals that nnx/linen *modules* issue, keyed by module path; our decoder is one pure
+function over a dict of fused weights, so there is no module to intercept, its adapters would be
+one per fused matmul (not peft's per-module semantics), and it has no per-row adapter batching.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from costeer_jax.models.config import DecoderConfig
+
+PEFT_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# fused projection -> the peft modules it holds, in output-column order
+FUSED = {"qkv": ("q_proj", "k_proj", "v_proj"), "o": ("o_proj",), "gate_up": ("gate_proj", "up_proj"),
+         "down": ("down_proj",)}
+_PEFT_PARENT = {"q_proj": "self_attn", "k_proj": "self_attn", "v_proj": "self_attn", "o_proj": "self_attn",
+                "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
+
+Adapter = dict[str, Any]
+
+
+class AdapterError(ValueError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    """peft's LoraConfig fields that change the math (SpecSteer B.5: r=64, alpha=32, dropout 0.05
+    on all seven linear modules)."""
+
+    rank: int = 64
+    alpha: float = 32.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] = PEFT_MODULES
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise AdapterError(f"LoRA rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise AdapterError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        unknown = set(self.targets) - set(PEFT_MODULES)
+        if unknown or not self.targets:
+            raise AdapterError(f"LoRA targets must be a non-empty subset of {', '.join(PEFT_MODULES)}; "
+                               f"got {', '.join(self.targets) or 'none'}")
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def segments(self, proj: str) -> tuple[str, ...]:
+        return tuple(m for m in FUSED[proj] if m in self.targets)
+
+
+def module_shapes(cfg: DecoderConfig) -> dict[str, tuple[int, int]]:
+    """(in, out) of each peft module of one layer."""
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+    return {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d),
+            "gate_proj": (d, f), "up_proj": (d, f), "down_proj": (f, d)}
+
+
+def init_adapter(key: jax.Array, cfg: DecoderConfig, lora: LoraConfig, dtype=jnp.float32) -> Adapter:
+    """peft's init: A Kaiming-uniform (a=sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))), B zero, so the
+    adapted model starts equal to the base."""
+    shapes = module_shapes(cfg)
+    layers = []
+    for layer_key in jax.random.split(key, cfg.num_layers):
+        layer = {}
+        for p_i, proj in enumerate(FUSED):
+            segs = lora.segments(proj)
+            if not segs:
+                continue
+            fan_in = shapes[segs[0]][0]
+            bound = 1.0 / np.sqrt(fan_in)
+            a = jax.random.uniform(jax.random.fold_in(layer_key, p_i), (fan_in, len(segs) * lora.rank),
+                                   dtype, -bound, bound)
+            layer[proj] = {"a": a, "b": [jnp.zeros((lora.rank, shapes[m][1]), dtype) if m in segs else None
+                                         for m in FUSED[proj]]}
+        layers.append(layer)
+    return {"layers": layers}
+
+
+def adapter_rank(adapter: Adapter) -> int:
+    first = next(iter(adapter["layers"][0].values()))
+    return int(next(b for b in first["b"] if b is not None).shape[-2])
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class RowAdapters:
+    """Adapters for the rows of one forward.
+
+    row_index None: `layers` is one adapter, applied to every row with `scale` (a scalar).
+    Otherwise `layers` holds n stacked adapters ([n, ...] leaves), `scale` is [n] and row b adds
+    adapter row_index[b]'s delta, or none where row_index[b] < 0.
+    """
+
+    layers: list
+    scale: jax.Array
+    row_index: jax.Array | None = None
+
+
+def single(adapter: Adapter, lora: LoraConfig) -> RowAdapters:
+    return RowAdapters(adapter["layers"], jnp.float32(lora.scale))
+
+
+def stack(adapters: Sequence[tuple[Adapter, LoraConfig]]) -> tuple[list, jax.Array]:
+    """n adapters of one base model as stacked layers and scales [n]; ranks may differ (smaller
+    ones are zero-padded, which adds exactly nothing) but the targeted modules must agree."""
+    if not adapters:
+        raise AdapterError("no adapters to stack")
+    structures = {jax.tree.structure(a["layers"]) for a, _ in adapters}
+    if len(structures) > 1:
+        raise AdapterError("adapters in one batch must target the same modules")
+    rank = max(adapter_rank(a) for a, _ in adapters)
+
+    def pad(a: Adapter, lora: LoraConfig) -> list:
+        r = adapter_rank(a)
+        out = []
+        for layer in a["layers"]:
+            new = {}
+            for proj, m in layer.items():
+                segs = m["a"].shape[1] // r
+                blocks = jnp.split(m["a"], segs, axis=1)
+                new[proj] = {"a": jnp.concatenate([jnp.pad(x, ((0, 0), (0, rank - r))) for x in blocks], axis=1),
+                             "b": [None if b is None else jnp.pad(b, ((0, rank - r), (0, 0))) for b in m["b"]]}
+            out.append(new)
+        return out
+
+    padded = [pad(a, lora) for a, lora in adapters]
+    layers = jax.tree.map(lambda *xs: jnp.stack(xs), *padded)
+    return layers, jnp.asarray([lora.scale for _, lora in adapters], jnp.float32)
+
+
+def with_rows(layers: list, scales: jax.Array, row_index) -> RowAdapters:
+    return RowAdapters(layers, scales, jnp.asarray(row_index, jnp.int32))
+
+
+def rows_slice(adapters: RowAdapters | None, start: int, size: int) -> RowAdapters | None:
+    """The same adapters for rows [start, start+size) of the batch (a stream of a group)."""
+    if adapters is None or adapters.row_index is None:
+        return adapters
+    return RowAdapters(adapters.layers, adapters.scale, adapters.row_index[start:start + size])
+
+
+def projection_delta(h: jax.Array, proj: dict, adapters: RowAdapters, out_widths: Sequence[int],
+                     dropout: tuple[float, jax.Array] | None = None) -> jax.Array:
+    """(alpha/r) * drop(h) A B for one fused projection: h [B, S, in] -> [B, S, sum(out_widths)].
+
+    Modules without an adapter (b None) add zero columns. dropout=(rate, key) applies peft's input
+    dropout, one mask per module as peft has one dropout layer per module (training only).
+    """
+    a, bs = proj["a"], [b for b in proj["b"] if b is not None]
+    rank = bs[0].shape[-2]
+    stacked = adapters.row_index is not None
+    if stacked:
+        index = jnp.maximum(adapters.row_index, 0)
+        a = a[index]  # [B, in, S*r]: each row's own A
+        bs = [b[index] for b in bs]
+        scale = adapters.scale[index] * (adapters.row_index >= 0)
+        scale = scale[:, None, None].astype(h.dtype)
+    else:
+        scale = adapters.scale.astype(h.dtype)
+    dot_a = "bsi,bir->bsr" if stacked else "bsi,ir->bsr"
+    dot_b = "bsr,bro->bso" if stacked else "bsr,ro->bso"
+    if dropout is None or dropout[0] == 0.0:
+        u = jnp.einsum(dot_a, h, a.astype(h.dtype))
+        us = [u[..., s * rank:(s + 1) * rank] for s in range(len(bs))]
+    else:
+        rate, key = dropout
+        us = []
+        for s in range(len(bs)):
+            keep = jax.random.bernoulli(jax.random.fold_in(key, s), 1.0 - rate, h.shape)
+            dropped = jnp.where(keep, h / (1.0 - rate), 0).astype(h.dtype)
+            us.append(jnp.einsum(dot_a, dropped, a[..., s * rank:(s + 1) * rank].astype(h.dtype)))
+    parts, s = [], 0
+    for width, b in zip(out_widths, proj["b"]):
+        if b is not None:
+            parts.append(jnp.einsum(dot_b, us[s], bs[s].astype(h.dtype)))
+            s += 1
+        else:
+            parts.append(jnp.zeros(h.shape[:2] + (width,), h.dtype))
+    delta = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+    return delta * scale
+
+
+def fused_widths(cfg: DecoderConfig, proj: str) -> list[int]:
+    shapes = module_shapes(cfg)
+    return [shapes[m][1] for m in FUSED[proj]]
+
+
+# -- merge / unmerge ------------------------------------------------------------------------
+
+def _dense_delta(m: dict, lora: LoraConfig, proj: str, cfg: DecoderConfig) -> jax.Array:
+    """The fused projection's full weight delta [in, out] (scale included)."""
+    rank = next(b for b in m["b"] if b is not None).shape[0]
+    cols, s = [], 0
+    for width, b in zip(fused_widths(cfg, proj), m["b"]):
+        if b is not None:
+            cols.append(m["a"][:, s * rank:(s + 1) * rank].astype(jnp.float32) @ b.astype(jnp.float32))
+            s += 1
+        else:
+            cols.append(jnp.zeros((m["a"].shape[0], width), jnp.float32))
+    return jnp.concatenate(cols, axis=1) * lora.scale
+
+
+def _apply_delta(params: dict, adapter: Adapter, lora: LoraConfig, cfg: DecoderConfig, sign: float) -> dict:
+    layers = []
+    for w, layer in zip(params["layers"], adapter["layers"]):
+        new = dict(w)
+        for proj, m in layer.items():
+            delta = _dense_delta(m, lora, proj, cfg)
+            if proj == "down":  # stored [out, in] (decoder.py)
+                delta = delta.T
+            new[proj] = (w[proj].astype(jnp.float32) + sign * delta).astype(w[proj].dtype)
+        layers.append(new)
+    return {**params, "layers": layers}
+
+
+def merge(params: dict, adapter: Adapter, lora: LoraConfig, cfg: DecoderConfig) -> dict:
+    """A new params pytree with W + (alpha/r) A B folded in (the base is left as it was)."""
+    return _apply_delta(params, adapter, lora, cfg, 1.0)
+
+
+def unmerge(merged: dict, adapter: Adapter, lora: LoraConfig, cfg: DecoderConfig) -> dict:
+    return _apply_delta(merged, adapter, lora, cfg, -1.0)
+
+
+# -- peft's file format ---------------------------------------------------------------------
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+BASE_SHAPE = "costeer_jax_base.json"  # the base model's shape, checked when the adapter is loaded
+BASE_SHAPE_FIELDS = ("arch", "num_layers", "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim")
+
+
+def peft_key(layer: int, module: str, which: str) -> str:
+    return f"base_model.model.model.layers.{layer}.{_PEFT_PARENT[module]}.{module}.lora_{which}.weight"
+
+
+def to_peft_state(adapter: Adapter, lora: LoraConfig) -> dict[str, np.ndarray]:
+    """peft's names and shapes: lora_A [r, in], lora_B [out, r] per module."""
+    out = {}
+    for i, layer in enumerate(adapter["layers"]):
+        for proj, m in layer.items():
+            present = [(module, b) for module, b in zip(FUSED[proj], m["b"]) if b is not None]
+            rank = present[0][1].shape[0]
+            for s, (module, b) in enumerate(present):
+                out[peft_key(i, module, "A")] = np.asarray(m["a"][:, s * rank:(s + 1) * rank], np.float32).T.copy()
+                out[peft_key(i, module, "B")] = np.asarray(b, np.float32).T.copy()
+    return out
+
+
+def from_peft_state(state: dict[str, Any], cfg: DecoderConfig, lora: LoraConfig, dtype=jnp.float32) -> Adapter:
+    """Our adapter from peft's state dict (arrays or torch tensors, names as peft saves them)."""
+    def get(name: str) -> np.ndarray:
+        for key in (name, name.replace(".weight", ".default.weight")):
+            if key in state:
+                value = state[key]
+                return np.asarray(value.detach().float().numpy() if hasattr(value, "detach") else value, np.float32)
+        raise AdapterError(f"adapter has no tensor {name}; it does not match a {cfg.num_layers}-layer "
+                           f"{cfg.arch} model with targets {', '.join(lora.targets)}")
+
+    layers = []
+    for i in range(cfg.num_layers):
+        layer = {}
+        for proj in FUSED:
+            segs = lora.segments(proj)
+            if segs:
+                layer[proj] = {"a": jnp.asarray(np.concatenate([get(peft_key(i, m, "A")).T for m in segs], 1), dtype),
+                               "b": [jnp.asarray(get(peft_key(i, m, "B")).T, dtype) if m in segs else None
+                                     for m in FUSED[proj]]}
+        layers.append(layer)
+    return {"layers": layers}
+
+
+def save_adapter(directory: str | Path, adapter: Adapter, lora: LoraConfig, base_model: str,
+                 cfg: DecoderConfig) -> Path:
+    """peft's adapter folder (adapter_model.safetensors + adapter_config.json), so peft and our
+    loader read the same files; written to a temp name and renamed (an interrupted save leaves the
+    previous adapter intact)."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": lora.rank, "lora_alpha": lora.alpha,
+              "lora_dropout": lora.dropout, "target_modules": list(lora.targets), "bias": "none",
+              "base_model_name_or_path": base_model, "fan_in_fan_out": False, "inference_mode": True}
+    # Our own file beside peft's (peft warns about keys it does not know in its config).
+    shape = {k: getattr(cfg, k) for k in BASE_SHAPE_FIELDS}
+    (directory / BASE_SHAPE).write_text(json.dumps(shape, indent=2))
+    tmp = directory / (ADAPTER_WEIGHTS + ".tmp")
+    save_file(to_peft_state(adapter, lora), str(tmp))
+    tmp.replace(directory / ADAPTER_WEIGHTS)
+    tmp = directory / (ADAPTER_CONFIG + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2))
+    tmp.replace(directory / ADAPTER_CONFIG)
+    return directory
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    path = Path(path)
+    return path.is_dir() and (path / ADAPTER_CONFIG).exists()
+
+
+def load_adapter(directory: str | Path, cfg: DecoderConfig, dtype=jnp.float32) -> tuple[Adapter, LoraConfig]:
+    """An adapter folder (ours or peft's) for a base model of config `cfg`; a folder for another
+    base is refused with both shapes named."""
+    from safetensors.numpy import load_file
+
+    directory = Path(directory)
+    config_path, weights_path = directory / ADAPTER_CONFIG, directory / ADAPTER_WEIGHTS
+    if not config_path.exists():
+        raise AdapterError(f"{directory}: no {ADAPTER_CONFIG}; pass the folder experiments/train_lora.py "
+                           "wrote (or a peft adapter folder)")
+    if not weights_path.exists():
+        raise AdapterError(f"{directory}: no {ADAPTER_WEIGHTS}; the adapter was not saved completely, retrain "
+                           "or resume its training run")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{config_path} is not valid JSON ({e}); the adapter folder is corrupt") from e
+    if config.get("peft_type", "LORA") != "LORA":
+        raise AdapterError(f"{directory}: peft_type {config.get('peft_type')!r} is not LORA")
+    targets = config.get("target_modules") or list(PEFT_MODULES)
+    if isinstance(targets, str):
+        targets = [m for m in PEFT_MODULES if m in targets]
+    lora = LoraConfig(rank=int(config["r"]), alpha=float(config["lora_alpha"]),
+                      dropout=float(config.get("lora_dropout", 0.0)),
+                      targets=tuple(m for m in PEFT_MODULES if m in targets))
+    base = json.loads((directory / BASE_SHAPE).read_text()) if (directory / BASE_SHAPE).exists() else None
+    if base is not None:
+        ours = {k: getattr(cfg, k) for k in base}
+        if ours != base:
+            raise AdapterError(f"{directory} was trained for a base model with {base}; this model has {ours}. "
+                               "Use the adapter with the model it was trained on")
+    try:
+        state = load_file(str(weights_path))
+    except Exception as e:  # safetensors raises its own error types for truncated files
+        raise AdapterError(f"{weights_path} cannot be read ({e}); the file is truncated or corrupt") from e
+    adapter = from_peft_state(state, cfg, lora, dtype)
+    shapes = module_shapes(cfg)
+    for layer in adapter["layers"]:
+        for proj, m in layer.items():
+            want_in = shapes[FUSED[proj][0]][0]
+            if m["a"].shape[0] != want_in:
+                raise AdapterError(f"{weights_path}: {proj} adapter reads {m['a'].shape[0]} features, the model "
+                                   f"{want_in}; the adapter belongs to another model")
+    return adapter, lora
