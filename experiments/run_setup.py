@@ -18,7 +18,12 @@ def define_run_flags(batch_size_default: int, batch_size_help: str) -> None:
                         ".gguf file or hub id.")
     flags.DEFINE_string("slm", DEFAULT_MODEL, "Local SLM: registered alias (--list_models), HF directory, "
                         ".gguf file or hub id.")
-    flags.DEFINE_string("slm_sft", None, "Fine-tuned SLM for --method=proxy_tuning (alias, directory or file).")
+    flags.DEFINE_string("slm_sft", None, "Fine-tuned SLM for --method=sft / proxy_tuning: a LoRA adapter folder "
+                        "(experiments/train_lora.py's OUTPUT_DIR/adapter, on --slm's weights) or a full checkpoint.")
+    flags.DEFINE_string("slm_plus", None, "specsteer/sd: SLM+ drafts as this fine-tuned SLM (a LoRA adapter folder "
+                        "on --slm, or a checkpoint); SLM- stays --slm.")
+    flags.DEFINE_bool("slm_plus_context", False, "With --slm_plus: SLM+ also reads the private context (LoRA + "
+                      "RAG); default the bare query (SpecSteer A.2's LoRA specialist).")
     flags.DEFINE_bool("list_models", False, "Print the registered offline models (aliases for --llm/--slm) "
                       "and whether they are installed, then exit.")
     flags.DEFINE_string("params_cache", None,
@@ -122,19 +127,32 @@ def context_options():
         raise app.UsageError(str(e)) from None
 
 
+def fine_tuned_spec() -> str | None:
+    if FLAGS.slm_plus and FLAGS.slm_sft and FLAGS.slm_plus != FLAGS.slm_sft:
+        raise app.UsageError("--slm_plus and --slm_sft name the same role (the fine-tuned SLM); pass one")
+    return FLAGS.slm_plus or FLAGS.slm_sft
+
+
 def load_models(method, mesh=None):
     """One checkpoint serving several roles is loaded (and run) once; with a mesh, params are
-    placed sharded and every replication fallback is reported."""
+    placed sharded and every replication fallback is reported. A LoRA adapter folder as the
+    fine-tuned SLM is --slm's params (the same arrays) plus that adapter."""
+    import dataclasses
+
     from costeer_jax.decoding.methods import LLM, SLM, SLM_SFT, STREAMS
+    from costeer_jax.models import lora
     from costeer_jax.models.params_cache import load_model_cached
 
     roles = {STREAMS[s][0] for s in method.streams}
-    specs = {LLM: FLAGS.llm, SLM: FLAGS.slm, SLM_SFT: FLAGS.slm_sft}
-    if SLM_SFT in roles and not FLAGS.slm_sft:
-        raise app.UsageError("--method=proxy_tuning needs --slm_sft (the fine-tuned SLM checkpoint)")
+    specs = {LLM: FLAGS.llm, SLM: FLAGS.slm, SLM_SFT: fine_tuned_spec()}
+    if SLM_SFT in roles and not specs[SLM_SFT]:
+        flag = "--slm_plus" if method.speculative is not None else "--slm_sft"
+        raise app.UsageError(f"--method={method.name} with this drafter needs {flag} (a LoRA adapter folder from "
+                             "experiments/train_lora.py, or a fine-tuned checkpoint)")
+    adapter_role = SLM_SFT in roles and lora.is_adapter_dir(specs[SLM_SFT])
     loaded, models = {}, {}
-    for role in sorted(roles):
-        spec = specs[role]
+
+    def load(spec):
         if spec not in loaded:
             loaded[spec] = load_model_cached(spec, FLAGS.dtype, FLAGS.params_cache, mesh=mesh)
             if mesh is not None:
@@ -142,7 +160,16 @@ def load_models(method, mesh=None):
 
                 for note in sharding.sharding_notes(loaded[spec].params, loaded[spec].cfg, mesh, FLAGS.batch_size):
                     print(f"sharding: {spec}: {note}", file=sys.stderr)
-        models[role] = loaded[spec]
+        return loaded[spec]
+
+    for role in sorted(roles | ({SLM} if adapter_role else set())):
+        if role == SLM_SFT and adapter_role:
+            continue
+        models[role] = load(specs[role])
+    if adapter_role:
+        base = models[SLM]
+        adapter = lora.load_adapter(specs[SLM_SFT], base.cfg, base.params["embed"].dtype)
+        models[SLM_SFT] = dataclasses.replace(base, name=specs[SLM_SFT], adapter=adapter)
     return models
 
 
@@ -153,9 +180,14 @@ def speculative_options(method_name: str):
         return None
     if FLAGS.K < 1 or FLAGS.downlink_topk < 0:
         raise app.UsageError("--K must be >= 1 and --downlink_topk >= 0")
+    drafter = {}
+    if fine_tuned_spec():
+        plus = "sft_w" if FLAGS.slm_plus_context else "sft_wo"
+        drafter = {"specsteer_drafter": plus} if method_name == "specsteer" else {"sd_drafter": plus}
     return SpeculativeOptions(
         num_draft=FLAGS.K, bonus={"auto": None, "on": True, "off": False}[FLAGS.bonus_token],
-        acceptance=FLAGS.acceptance, downlink_topk=FLAGS.downlink_topk, sd_drafter=FLAGS.sd_drafter)
+        acceptance=FLAGS.acceptance, downlink_topk=FLAGS.downlink_topk,
+        **{"sd_drafter": FLAGS.sd_drafter, **drafter})
 
 
 def generator_options() -> dict:
@@ -180,5 +212,9 @@ def static_config(generator, method_name: str) -> dict:
                       threshold_acceptance=generator.spec.threshold_acceptance,
                       downlink_topk=generator.spec.downlink_topk)
         if method_name == "sd":
-            config["sd_drafter"] = FLAGS.sd_drafter
+            config["sd_drafter"] = generator.method.speculative.sd_drafter
+    if fine_tuned_spec() and (method_name in ("sft", "proxy_tuning") or generator.spec is not None):
+        config["slm_sft"] = fine_tuned_spec()
+        if generator.spec is not None:
+            config["slm_plus_context"] = FLAGS.slm_plus_context
     return config

@@ -82,7 +82,8 @@ def load_task(name: str, data_dir: str | Path | None = None, preference: str | N
 
 
 def load_prompts_file(path: str | Path) -> list[Example]:
-    """Generic prompts: JSON lines `{"id", "input", "personalized_input"}` with optional "output"."""
+    """Generic prompts: JSON lines `{"id", "input", "personalized_input"}` with optional "output" and
+    "adapter" (a LoRA adapter folder this row's fine-tuned SLM uses, or "none" for the base SLM)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompts file {path} not found")
@@ -91,7 +92,8 @@ def load_prompts_file(path: str | Path) -> list[Example]:
         where = f"{path}:{line_number}"
         require_fields(row, ("id", "input", "personalized_input"), where)
         reference = require_text(row, "output", where) if row.get("output") is not None else None
+        meta = {"adapter": require_text(row, "adapter", where)} if row.get("adapter") is not None else {}
         examples.append(Example(id=require_text(row, "id", where), query=require_text(row, "input", where),
                                 personalized_query=require_text(row, "personalized_input", where),
-                                reference=reference))
+                                reference=reference, meta=meta))
     return _check_unique_ids(examples, str(path))

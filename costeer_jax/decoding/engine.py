@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from costeer_jax.models import lora
 from costeer_jax.models.cache import KVCache, init_cache
 from costeer_jax.models.decoder import decode_step_logits, prefill_logits
 from costeer_jax.steering import copy_guard
@@ -47,6 +48,22 @@ class StreamLayout:
     @property
     def streams(self) -> tuple[str, ...]:
         return tuple(s for g in self.groups for s in g)
+
+
+class GroupAdapters(NamedTuple):
+    """LoRA adapters of one weight group: n stacked adapters (models/lora.stack) and, per stream of
+    the group, each row's adapter index [B] (-1: the base model)."""
+
+    layers: Any
+    scales: jax.Array
+    rows: dict  # stream -> [B] int32
+
+
+def group_row_adapters(adapters: GroupAdapters | None, names) -> "lora.RowAdapters | None":
+    """The adapters for the concatenated rows of the given streams (None: no LoRA in this group)."""
+    if adapters is None:
+        return None
+    return lora.with_rows(adapters.layers, adapters.scales, jnp.concatenate([adapters.rows[n] for n in names]))
 
 
 class Prompt(NamedTuple):
@@ -81,7 +98,7 @@ def concat_caches(caches: list[KVCache]) -> KVCache:
                      "cache_lens"))
 def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, row_keys: jax.Array,
            eos_ids: jax.Array, temperature: jax.Array, top_p: jax.Array,
-           guard: copy_guard.CopyGuard | None = None, *, cfgs: tuple,
+           guard: copy_guard.CopyGuard | None = None, group_adapters: tuple | None = None, *, cfgs: tuple,
            layout: StreamLayout, policy: Policy, gate: StepGate | None, max_new_tokens: int,
            vocab_limit: int, greedy: bool, cache_lens: tuple[int, ...]) -> DecodeResult:
     """Generates up to max_new_tokens per row.
@@ -90,9 +107,11 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
     tokens whatever batch it is in. Rows stop at any of eos_ids; logits are cut to vocab_limit
     (the shared tokenizer length) before the policy sees them. With a copy guard, the tokens
     that would complete a verbatim N-token copy of the row's private context get -inf in the
-    policy's log-probabilities before the choice (steering/copy_guard.py).
+    policy's log-probabilities before the choice (steering/copy_guard.py). group_adapters[g]
+    (a GroupAdapters, or None) adds per-row LoRA deltas to group g's one forward.
     """
     batch = next(iter(prompts.values())).tokens.shape[0]
+    group_adapters = group_adapters or (None,) * len(layout.groups)
 
     def split(group: int, logits: jax.Array) -> dict:
         names = layout.groups[group]
@@ -108,7 +127,8 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
         parts = []
         for n in names:
             cache = init_cache(cfgs[g], batch, cache_lens[g], params_groups[g]["embed"].dtype)
-            logits, cache = prefill_logits(params_groups[g], cfgs[g], prompts[n].tokens, prompts[n].lengths, cache)
+            logits, cache = prefill_logits(params_groups[g], cfgs[g], prompts[n].tokens, prompts[n].lengths, cache,
+                                           adapters=group_row_adapters(group_adapters[g], [n]))
             logits_by_stream[n] = logits[:, :vocab_limit]
             parts.append(cache)
         caches.append(parts[0] if len(parts) == 1 else concat_caches(parts))
@@ -153,7 +173,8 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
         new_caches, logits = [], {}
         for g, names in enumerate(layout.groups):
             def run(cache, g=g, names=names):
-                return decode_step_logits(params_groups[g], cfgs[g], jnp.tile(token, len(names)), cache)
+                return decode_step_logits(params_groups[g], cfgs[g], jnp.tile(token, len(names)), cache,
+                                          group_row_adapters(group_adapters[g], names))
 
             if layout.gated and layout.gated[g]:
                 # Once no row steers, the gated model is never needed again: keep stale logits.

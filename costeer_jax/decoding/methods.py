@@ -1,7 +1,8 @@
 """The decoding methods of both papers as (streams, policy) pairs for the shared token loop.
 
 A stream is (model role, which text): "llm" is the cloud LLM on the bare query, "slm_wo"/"slm_w"
-the local SLM without/with the private context, "sft_w"/"slm_base_w" the proxy-tuning pair.
+the local SLM without/with the private context, "sft_w"/"sft_wo" the fine-tuned SLM (a LoRA
+adapter on the SLM's own weights, or a full checkpoint) with/without it.
 Policies are pure functions of the streams' logits and per-row hyperparameter arrays, so one
 batch may mix configurations (sweeps).
 """
@@ -27,6 +28,7 @@ STREAMS = {
     "slm_wo": (SLM, QUERY),
     "slm_w": (SLM, PERSONALIZED),
     "sft_w": (SLM_SFT, PERSONALIZED),
+    "sft_wo": (SLM_SFT, QUERY),
 }
 
 # Hyperparameter defaults (CoSteer Table 4 / Section 4; LA/CS lambda from B.8's grid).
@@ -38,6 +40,7 @@ DEFAULT_HYPER = {
 }
 
 SPECULATIVE_METHOD_NAMES = ("specsteer", "sd")
+DRAFTER_STREAMS = ("slm_w", "slm_wo", "sft_wo", "sft_w")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,13 +49,16 @@ class SpeculativeOptions:
     loop): K drafts per iteration, the bonus token on full acceptance (None: the method's usual
     choice, off for SpecSteer's Algorithm 1, on for SD), SpecSteer's acceptance mode
     (auto|threshold|stochastic), the downlink top-k truncation of the cloud term (0: exact), and
-    SD's drafter stream (slm_w: SLM with the private context, or slm_wo)."""
+    the drafter stream: SD's slm_w (SLM with the private context) or slm_wo; with a fine-tuned
+    SLM+ (`--slm_plus`), sft_wo (the adapted SLM on the query: SpecSteer A.2's LoRA specialist)
+    or sft_w (LoRA + RAG). SpecSteer's drafter is slm_w unless one of the sft streams is named."""
 
     num_draft: int = 4
     bonus: bool | None = None
     acceptance: str = "auto"
     downlink_topk: int = 0
     sd_drafter: str = "slm_w"
+    specsteer_drafter: str = "slm_w"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +128,7 @@ def get_method(name: str, max_T: int = 20, speculative: SpeculativeOptions | Non
         "llm_w": ("llm_w", "LLM with the personal context (privacy-violating upper bound)"),
         "slm_wo": ("slm_wo", "SLM on the bare query"),
         "slm_w": ("slm_w", "SLM with the personal context"),
+        "sft": ("sft_w", "fine-tuned SLM (--slm_sft: a LoRA adapter or checkpoint) with the personal context"),
     }
     steering_keys = ("alpha", "beta", "lam", "eta", "T")
     if name in plain:
@@ -152,19 +159,22 @@ def get_method(name: str, max_T: int = 20, speculative: SpeculativeOptions | Non
     if name in SPECULATIVE_METHOD_NAMES:
         options = speculative or SpeculativeOptions()
         if name == "specsteer":
-            return Method(name, ("llm", "slm_wo", "slm_w"), None, ("spec_lambda", "spec_beta"),
+            if options.specsteer_drafter not in DRAFTER_STREAMS:
+                raise ValueError(f"specsteer's drafter must be one of {', '.join(DRAFTER_STREAMS)}, "
+                                 f"got {options.specsteer_drafter!r}")
+            return Method(name, ("llm", "slm_wo", options.specsteer_drafter), None, ("spec_lambda", "spec_beta"),
                           speculative=options,
                           description=f"SpecSteer: SLM+ drafts K={options.num_draft}, ratio verification, "
                                       "steering recovery")
-        if options.sd_drafter not in ("slm_w", "slm_wo"):
-            raise ValueError(f"sd_drafter must be slm_w or slm_wo, got {options.sd_drafter!r}")
+        if options.sd_drafter not in DRAFTER_STREAMS:
+            raise ValueError(f"sd_drafter must be one of {', '.join(DRAFTER_STREAMS)}, got {options.sd_drafter!r}")
         return Method(name, ("llm", options.sd_drafter), None, speculative=options,
                       description=f"speculative decoding: {options.sd_drafter} drafts K={options.num_draft}, "
                                   "exact rejection sampling against the LLM")
     raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHOD_NAMES)}")
 
 
-METHOD_NAMES = ("llm_wo", "llm_w", "slm_wo", "slm_w", "costeer", "light_costeer", "ada_costeer",
+METHOD_NAMES = ("llm_wo", "llm_w", "slm_wo", "slm_w", "sft", "costeer", "light_costeer", "ada_costeer",
                 "cs", "fuse", "proxy_tuning") + SPECULATIVE_METHOD_NAMES
 
 

@@ -68,7 +68,9 @@ class RunFigures:
 
 
 def build_layout(method: Method, models: dict[str, LoadedModel]):
-    """Groups the method's streams by the weights they run on; aliases duplicate streams."""
+    """Groups the method's streams by the weights they run on; aliases duplicate streams. A model
+    that is another's params plus a LoRA adapter shares that model's group (one weight read per
+    step for base and adapted rows)."""
     groups: list[tuple[LoadedModel, list[str]]] = []
     seen: dict[tuple[int, str], str] = {}
     aliases = []
@@ -80,7 +82,7 @@ def build_layout(method: Method, models: dict[str, LoadedModel]):
             continue
         seen[(id(model), text)] = stream
         for m, names in groups:
-            if m is model:
+            if m.params is model.params:
                 names.append(stream)
                 break
         else:
@@ -125,6 +127,8 @@ class Generator:
         for note in check_hyper(self.hyper):
             print(f"warning: {note}", file=sys.stderr)
         self.layout, self.group_models = build_layout(method, models)
+        self.stream_models = {s: models[STREAMS[s][0]] for s in method.streams}
+        self._adapter_files: dict[str, Any] = {}  # per-example adapter folders, loaded once
         roles = {STREAMS[s][0] for s in method.streams}
         used = [models[r] for r in (LLM, SLM, SLM_SFT) if r in roles]
         self.tokenizer = used[0].tokenizer
@@ -145,7 +149,7 @@ class Generator:
             aliases = dict(self.layout.aliases)
             # Streams the kernel reads, resolved through aliases (one checkpoint serving LLM and
             # SLM on the same text is one stream: SLM- logits are the LLM's, no second forward).
-            drafter = "slm_w" if method.name == "specsteer" else options.sd_drafter
+            drafter = options.specsteer_drafter if method.name == "specsteer" else options.sd_drafter
             self.spec_streams = {"llm": "llm", "draft": aliases.get(drafter, drafter)}
             slm_wo_is_llm = aliases.get("slm_wo") == "llm"
             if method.name == "specsteer" and not slm_wo_is_llm:
@@ -187,7 +191,9 @@ class Generator:
             return self._run_speculative(examples, padded, prompts, hyper, widths, ids)
         params = (tuple(m.params for m in self.group_models),)
         guard = self._guard(padded)
-        args = (prompts, self.method.init_state(len(padded)), hyper, *self._sampling_args(padded), guard)
+        group_adapters, adapter_names = self._group_adapters(padded)
+        args = (prompts, self.method.init_state(len(padded)), hyper, *self._sampling_args(padded), guard,
+                group_adapters)
         static = dict(
             cfgs=tuple(m.cfg for m in self.group_models), layout=self.layout, policy=self.method.policy,
             gate=steering_active if any(self.layout.gated) else None,
@@ -195,8 +201,59 @@ class Generator:
             cache_lens=tuple(round_up(max(widths[n] for n in group) + self.max_new_tokens, 16)
                              for group in self.layout.groups))
         result = self._compile_and_run(engine.decode, params, args, static,
-                                       (tuple(widths.items()), static["cache_lens"], _guard_width(guard)))
-        return self._rows(examples, result, ids)
+                                       (tuple(widths.items()), static["cache_lens"], _guard_width(guard),
+                                        _adapters_signature(group_adapters)))
+        return self._rows(examples, result, ids, adapter_names)
+
+    # -- LoRA adapters -------------------------------------------------------------------------
+    def _row_adapter(self, example, model: LoadedModel):
+        """(name, (Adapter, LoraConfig)) of the adapter an adapted stream uses for this example: the
+        row's own `adapter` folder (prompts files may name one per row), else the model's."""
+        path = (example.meta or {}).get("adapter")
+        if path is None:
+            return model.name, model.adapter
+        if path in ("", "none"):
+            return None, None
+        if path not in self._adapter_files:
+            from costeer_jax.models import lora
+
+            self._adapter_files[path] = lora.load_adapter(path, model.cfg, model.params["embed"].dtype)
+        return path, self._adapter_files[path]
+
+    def _adapter_rows(self, padded: list, streams) -> tuple[Any, dict, list]:
+        """Stacked adapters used by these streams' rows, each stream's per-row index [B] (-1: base)
+        and each row's adapter name (None: base)."""
+        from costeer_jax.models import lora
+
+        names: list[str] = []
+        stacked: list = []
+        rows, row_names = {}, [None] * len(padded)
+        for n in streams:
+            model = self.stream_models[n]
+            index = np.full((len(padded),), -1, np.int32)
+            if model.adapter is not None:
+                for b, e in enumerate(padded):
+                    name, adapter = self._row_adapter(e, model)
+                    if name is None:
+                        continue  # this row runs the base model
+                    if name not in names:
+                        names.append(name)
+                        stacked.append(adapter)
+                    index[b] = names.index(name)
+                    row_names[b] = name
+            rows[n] = jnp.asarray(index)
+        if not stacked:
+            return None, rows, row_names
+        layers, scales = lora.stack(stacked)
+        return (layers, scales), rows, row_names
+
+    def _group_adapters(self, padded: list):
+        out, row_names = [], [None] * len(padded)
+        for names in self.layout.groups:
+            stacked, rows, names_here = self._adapter_rows(padded, names)
+            out.append(None if stacked is None else engine.GroupAdapters(*stacked, rows))
+            row_names = [a or b for a, b in zip(row_names, names_here)]
+        return (tuple(out) if any(a is not None for a in out) else None), row_names
 
     def _guard(self, padded: list) -> CopyGuard | None:
         """The copy guard's windows over each row's private context, in the shared tokenization."""
@@ -231,10 +288,20 @@ class Generator:
     def _run_speculative(self, examples, padded, prompts, hyper, widths, ids):
         """specsteer / sd: the Draft-Verify kernel instead of the token loop, same row format."""
         s = self.sampling
-        llm, slm = self.models[LLM], self.models[SLM]
+        llm = self.models[LLM]
+        drafter = self.stream_models[self.spec_streams["draft"]]
+        slm = self.models.get(SLM, drafter)
         params = (llm.params, slm.params)
         guard = self._guard(padded)
-        args = ({k: prompts[v] for k, v in self.spec_streams.items()}, hyper, *self._sampling_args(padded), guard)
+        stacked, rows, adapter_names = self._adapter_rows(padded, [self.spec_streams["draft"]])
+        draft_adapters = None
+        if stacked is not None:
+            from costeer_jax.models import lora
+
+            draft_adapters = lora.with_rows(*stacked, rows[self.spec_streams["draft"]])
+        params_draft = None if drafter.params is slm.params else drafter.params
+        args = ({k: prompts[v] for k, v in self.spec_streams.items()}, hyper, *self._sampling_args(padded), guard,
+                params_draft, draft_adapters)
         cache_len = lambda kernel_streams: speculative.cache_len_for(
             max(widths[self.spec_streams[k]] for k in kernel_streams), self.max_new_tokens, self.spec.num_draft)
         static = dict(
@@ -242,13 +309,14 @@ class Generator:
             vocab_limit=self.vocab_limit, greedy=s.greedy,
             cache_lens=(cache_len(["llm"]), cache_len([k for k in self.spec_streams if k != "llm"])))
         result = self._compile_and_run(speculative.decode, params, args, static,
-                                       ("speculative", tuple(widths.items()), static["cache_lens"], _guard_width(guard)))
-        rows, stats = self._rows(examples, result, ids)
+                                       ("speculative", tuple(widths.items()), static["cache_lens"], _guard_width(guard),
+                                        params_draft is not None, _adapters_signature(draft_adapters)))
+        rows, stats = self._rows(examples, result, ids, adapter_names)
         for row in rows:
             row.update(speculative.stats_summary(row, len(row["token_ids"])))
         return rows, stats
 
-    def _rows(self, examples, result, ids) -> tuple[list[dict], dict]:
+    def _rows(self, examples, result, ids, adapter_names=None) -> tuple[list[dict], dict]:
         real = len(examples)
         rows = []
         for b in range(real):
@@ -257,6 +325,8 @@ class Generator:
             row = {"id": examples[b].id, "method": self.method.name,
                    "output": self.tokenizer.decode(token_ids, skip_special_tokens=True),
                    "token_ids": token_ids}
+            if adapter_names and adapter_names[b] is not None:
+                row["adapter"] = adapter_names[b]
             if self.record_cloud_view:
                 uplinked = None
                 if result.cloud_tokens is not None:
@@ -275,6 +345,13 @@ class Generator:
                 print(f"warning: NaN/Inf logits in example {examples[b].id!r}; its output stops there "
                       "(with --dtype=bfloat16 try float32; check the checkpoint)", file=sys.stderr)
         return rows, stats
+
+
+def _adapters_signature(adapters) -> tuple | None:
+    """Shapes of the adapters a batch uses (the number stacked varies with the rows' adapters)."""
+    if adapters is None:
+        return None
+    return tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(adapters))
 
 
 def _guard_width(guard) -> tuple | None:

@@ -304,11 +304,11 @@ def _with_lengths(cache: KVCache, lengths: jax.Array) -> KVCache:
     return dataclasses.replace(cache, lengths=lengths)
 
 
-def _prefill_all_but_last(params, cfg, prompt: Prompt, cache_len: int):
+def _prefill_all_but_last(params, cfg, prompt: Prompt, cache_len: int, adapters=None):
     """Writes the prompt minus its last token, which becomes the stream's pending token; each
     stream at its own width (a bare query is not padded to a private context's length)."""
     cache = init_cache(cfg, prompt.tokens.shape[0], cache_len, params["embed"].dtype)
-    _, cache = prefill_logits(params, cfg, prompt.tokens, prompt.lengths - 1, cache)
+    _, cache = prefill_logits(params, cfg, prompt.tokens, prompt.lengths - 1, cache, adapters=adapters)
     return cache, prompt.tokens[jnp.arange(prompt.tokens.shape[0]), prompt.lengths - 1]
 
 
@@ -328,7 +328,8 @@ def _all_finite(x: jax.Array) -> jax.Array:
     jax.jit,
     static_argnames=("cfg_llm", "cfg_slm", "spec", "max_new_tokens", "vocab_limit", "greedy", "cache_lens"))
 def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Array, eos_ids: jax.Array,
-           temperature: jax.Array, top_p: jax.Array, guard: copy_guard.CopyGuard | None = None, *,
+           temperature: jax.Array, top_p: jax.Array, guard: copy_guard.CopyGuard | None = None,
+           params_draft=None, draft_adapters=None, *,
            cfg_llm: DecoderConfig, cfg_slm: DecoderConfig,
            spec: SpecConfig, max_new_tokens: int, vocab_limit: int, greedy: bool,
            cache_lens: tuple[int, int]) -> DecodeResult:
@@ -336,7 +337,9 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
 
     prompts: {"llm": LLM on the query, "draft": the drafter's text, and "slm_wo": SLM- on the
     query (only when spec.uses_slm_wo and not spec.slm_wo_is_llm)}, right-padded `Prompt`s.
-    params_slm runs the drafter and SLM-; it may be the same pytree as params_llm.
+    params_slm runs SLM- and, unless params_draft is given (a fine-tuned SLM+ checkpoint), the
+    drafter; it may be the same pytree as params_llm. draft_adapters (models/lora.RowAdapters)
+    make the drafter the SLM plus a LoRA adapter (SpecSteer A.2), on the same base weights.
     row_keys [B]: per-row PRNG keys, folded with the iteration index (a row runs iteration i at
     loop step i whatever its batch, so its draws do not depend on batch composition).
     cache_lens (LLM's, SLM streams') must each hold its widest prompt + max_new_tokens + K + 1.
@@ -352,7 +355,9 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
     separate_slm_wo = spec.uses_slm_wo and not spec.slm_wo_is_llm
 
     llm_cache, llm_pending = _prefill_all_but_last(params_llm, cfg_llm, prompts["llm"], cache_lens[0])
-    draft_cache, draft_pending = _prefill_all_but_last(params_slm, cfg_slm, prompts["draft"], cache_lens[1])
+    params_draft = params_slm if params_draft is None else params_draft
+    draft_cache, draft_pending = _prefill_all_but_last(params_draft, cfg_slm, prompts["draft"], cache_lens[1],
+                                                       draft_adapters)
     wo_cache, wo_pending = None, None
     if separate_slm_wo:
         wo_cache, wo_pending = _prefill_all_but_last(params_slm, cfg_slm, prompts["slm_wo"], cache_lens[1])
@@ -388,7 +393,7 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
         # for h_SLM+ at position K+1).
         def draft_step(j, carry):
             cache, token, drafts, logits_buf, masks, recent, finite = carry
-            logits, cache = decode_step_logits(params_slm, cfg_slm, token, cache)
+            logits, cache = decode_step_logits(params_draft, cfg_slm, token, cache, draft_adapters)
             logits = logits[:, :vocab_limit]
             finite = finite & _all_finite(logits)  # before the guard's -inf
             if guard is not None:

@@ -264,6 +264,10 @@ class LoadedModel:
     params: dict[str, Any]
     tokenizer: Any
     generation_eos: int | list[int] | None = None  # generation_config.json's eos_token_id
+    # (models.lora Adapter, LoraConfig): this model is `params` plus that LoRA adapter; the params
+    # are the base model's own arrays (shared, not copied), so streams of base and adapted model
+    # run in one forward.
+    adapter: Any = None
 
 
 def load_generation_eos(source: ModelSource):
