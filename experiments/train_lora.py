@@ -32,6 +32,8 @@ flags.DEFINE_string("model", "smollm2-135m-instruct", "Base SLM: registered alia
 flags.DEFINE_enum("recipe", "costeer_sft", ["costeer_sft", "specsteer_history"], "Training set (see module doc).")
 flags.DEFINE_string("task", "cogenesis", "Task whose rows (costeer_sft) or profiles (specsteer_history) are used.")
 flags.DEFINE_string("data_dir", None, "Dataset folder (default: ../shared/data/costeer_release).")
+flags.DEFINE_string("prompts_file", None, "costeer_sft from your own rows instead of --task: jsonl "
+                    '{"id", "input", "personalized_input", "output"}.')
 flags.DEFINE_integer("num_samples", 1000, "costeer_sft: random rows (CoSteer B.8: 1,000; capped by the file).")
 flags.DEFINE_integer("exclude_first", 24, "costeer_sft: the first N rows are reserved for evaluation.")
 flags.DEFINE_float("held_out_fraction", 0.1, "Share of the training rows kept for the held-out loss curve.")
@@ -59,7 +61,7 @@ flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
 def main(argv):
     del argv
     from costeer_jax import sharding
-    from costeer_jax.data.tasks import default_data_dir, load_task
+    from costeer_jax.data.tasks import default_data_dir, load_prompts_file, load_task
     from costeer_jax.models import lora
     from costeer_jax.models.chat import eos_token_ids
     from costeer_jax.models.params_cache import load_model_cached
@@ -76,7 +78,7 @@ def main(argv):
     if FLAGS.recipe == "costeer_sft":
         if FLAGS.num_samples < 1 or FLAGS.exclude_first < 0:
             raise app.UsageError("--num_samples must be >= 1 and --exclude_first >= 0")
-        examples = load_task(FLAGS.task, FLAGS.data_dir)
+        examples = load_prompts_file(FLAGS.prompts_file) if FLAGS.prompts_file else load_task(FLAGS.task, FLAGS.data_dir)
         excluded = [e.id for e in examples[:FLAGS.exclude_first]]
         rows = sft_data.costeer_sft_rows(examples, FLAGS.num_samples, FLAGS.seed, excluded)
     else:
@@ -92,7 +94,8 @@ def main(argv):
     end_of_turn = eos_token_ids(model.tokenizer, model.generation_eos)[0]
     train_set, dropped_train = sft_data.tokenize_rows(train_rows, model.tokenizer, end_of_turn, FLAGS.max_len)
     eval_set, dropped_eval = sft_data.tokenize_rows(eval_rows, model.tokenizer, end_of_turn, FLAGS.max_len)
-    run_config = {"recipe": FLAGS.recipe, "task": FLAGS.task, "dtype": FLAGS.dtype, "mesh": FLAGS.mesh,
+    run_config = {"recipe": FLAGS.recipe, "task": None if FLAGS.prompts_file else FLAGS.task,
+                  "prompts_file": FLAGS.prompts_file, "dtype": FLAGS.dtype, "mesh": FLAGS.mesh,
                   "train_ids": [r.id for r in train_rows], "eval_ids": [r.id for r in eval_rows],
                   "dropped_too_long": dropped_train + dropped_eval}
     result = train(model.params, model.cfg, train_set, eval_set, config, FLAGS.output_dir,
