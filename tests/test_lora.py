@@ -188,6 +188,12 @@ def test_stacked_per_row_adapters_equal_each_rows_own_adapter(tiny_models):
                 full_logits(m.params, m.cfg, TOKENS[:1], lora.single(a1, c1))]
     for row, want in enumerate(expected):
         np.testing.assert_allclose(np.asarray(mixed[row]), np.asarray(want[0]), atol=1e-5)
+    # As many adapters as rows: each row gathers its own (the path above runs every adapter on every row).
+    gathered = full_logits(m.params, m.cfg, TOKENS, lora.with_rows(layers, scales, [1, -1]))
+    np.testing.assert_allclose(np.asarray(gathered[0]), np.asarray(full_logits(m.params, m.cfg, TOKENS[:1],
+                                                                                 lora.single(a2, c2))[0]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(gathered[1]), np.asarray(full_logits(m.params, m.cfg, TOKENS[1:2])[0]),
+                               atol=1e-5)
 
 
 def test_train_config_refuses_out_of_range_values():

@@ -183,6 +183,8 @@ def projection_delta(h: jax.Array, proj: dict, adapters: RowAdapters, out_widths
     """
     a, bs = proj["a"], [b for b in proj["b"] if b is not None]
     rank = bs[0].shape[-2]
+    if adapters.row_index is not None and a.shape[0] < h.shape[0]:
+        return _few_adapters_delta(h, a, bs, adapters, out_widths, proj["b"], rank)
     stacked = adapters.row_index is not None
     if stacked:
         index = jnp.maximum(adapters.row_index, 0)
@@ -213,6 +215,24 @@ def projection_delta(h: jax.Array, proj: dict, adapters: RowAdapters, out_widths
             parts.append(jnp.zeros(h.shape[:2] + (width,), h.dtype))
     delta = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
     return delta * scale
+
+
+def _few_adapters_delta(h, a, bs, adapters: RowAdapters, out_widths, all_bs, rank: int) -> jax.Array:
+    """Fewer adapters than rows (e.g. SLM+ and SLM- rows of one user): every row runs every
+    adapter and a one-hot weight keeps its own, so each adapter's matrices are read once per step
+    instead of once per row (gathering a [B, in, r] copy per row cost ~50% of a SmolLM2 decode
+    step at batch 8; benchmarks/bench_lora.py)."""
+    n = a.shape[0]
+    pick = (adapters.row_index[:, None] == jnp.arange(n)[None, :]) * adapters.scale[None, :]  # [B, n]
+    u = jnp.einsum("bsi,nir->bsnr", h, a.astype(h.dtype)) * pick[:, None, :, None].astype(h.dtype)
+    parts, s = [], 0
+    for width, b in zip(out_widths, all_bs):
+        if b is not None:
+            parts.append(jnp.einsum("bsnr,nro->bso", u[..., s * rank:(s + 1) * rank], bs[s].astype(h.dtype)))
+            s += 1
+        else:
+            parts.append(jnp.zeros(h.shape[:2] + (width,), h.dtype))
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
 
 
 def fused_widths(cfg: DecoderConfig, proj: str) -> list[int]:

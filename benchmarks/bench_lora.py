@@ -1,0 +1,191 @@
+"""LoRA: training tokens/s against torch + peft on the same model and rows, and the cost of
+(per-row) adapters in a decode step, all in one run.
+
+  python benchmarks/bench_lora.py [--model smollm2-135m-instruct] [--rank 64] [--train_steps 6]
+
+Training: the same packed rows (--rows_per_batch x --max_len tokens of real CoGenesis-style
+text: the SmolLM2 tokenization of the demo prompts, cycled) through our jitted optax step and a
+torch loop over transformers' model of the same GGUF file wrapped by peft (AdamW, clipping,
+response-only labels, dropout on), steady state after one warm-up step each; tokens/s counts
+the non-padding tokens of a step. Decode: ms per step of a jitted loop of decode steps at
+batch 1 and 8 for the base model, one adapter on every row, and per-row adapters (half the
+rows base, the others split over two adapters), against the bound of reading the adapter's
+bytes beside the base weights (adapter_params_share per adapter read).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+
+from common import machine_note
+
+
+def decode_costs(model, rank: int, batch_sizes, steps: int, repeats: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from costeer_jax.models import lora
+    from costeer_jax.models.cache import init_cache
+    from costeer_jax.models.decoder import decode_step_logits, param_count
+
+    config = lora.LoraConfig(rank=rank, alpha=2.0 * rank)
+    adapters = [lora.init_adapter(jax.random.key(i), model.cfg, config) for i in range(2)]
+    layers, scales = lora.stack([(a, config) for a in adapters])
+    out = {"adapter_params_share": round(param_count(adapters[0]) / param_count(model.params), 4)}
+
+    @jax.jit
+    def run(params, cache, tokens, adapters):
+        def step(_, carry):
+            cache, tokens = carry
+            logits, cache = decode_step_logits(params, model.cfg, tokens, cache, adapters)
+            return cache, jnp.argmax(logits, -1).astype(jnp.int32)
+        return jax.lax.fori_loop(0, steps, step, (cache, tokens))
+
+    for batch in batch_sizes:
+        cache = init_cache(model.cfg, batch, 128)
+        cache = dataclasses.replace(cache, lengths=jnp.full((batch,), 40, jnp.int32))
+        tokens = jnp.ones((batch,), jnp.int32)
+        variants = {"base": None, "one_adapter": lora.single(adapters[0], config)}
+        if batch > 1:
+            # SLM- and SLM+ rows of one user in one forward: half base, half one adapter.
+            variants["per_row_base_and_one_adapter"] = lora.with_rows(
+                *lora.stack([(adapters[0], config)]), [-1 if b < batch // 2 else 0 for b in range(batch)])
+        variants["per_row_two_adapters"] = lora.with_rows(
+            layers, scales, [-1 if b < batch // 2 else b % 2 for b in range(batch)] if batch > 1 else [1])
+        figures = {}
+        for name, adapter in variants.items():
+            jax.block_until_ready(run(model.params, cache, tokens, adapter))
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                jax.block_until_ready(run(model.params, cache, tokens, adapter))
+                best = min(best, time.perf_counter() - t0)
+            figures[name] = round(best / steps * 1e3, 2)
+        for name in list(figures):
+            if name != "base":
+                figures[f"{name}_overhead"] = round(figures[name] / figures["base"] - 1, 3)
+        out[f"batch_{batch}_ms_per_step"] = figures
+    return out
+
+
+def training_rows(tokenizer, end_of_turn: int, rows_per_batch: int, max_len: int, steps: int):
+    from common import bench_examples
+
+    from costeer_jax.training import packing
+    from costeer_jax.training.sft_data import SFTRow, tokenize_rows
+
+    rows = [SFTRow(e.id, e.personalized_query, e.query * 3) for e in bench_examples(400)]
+    examples, _ = tokenize_rows(rows, tokenizer, end_of_turn, max_len)
+    batches = packing.epoch_batches(examples, max_len, rows_per_batch, seed=0, epoch=0)
+    if len(batches) < steps + 1:
+        raise SystemExit(f"only {len(batches)} batches; lower --train_steps")
+    return batches[:steps + 1]
+
+
+def ours_training(model, batches, rank: int) -> dict:
+    import jax
+
+    from costeer_jax.models import lora
+    from costeer_jax.training.lora_trainer import (TrainConfig, init_state, make_optimizer, place_state,
+                                                   train_step)
+
+    config = TrainConfig(lora=lora.LoraConfig(rank=rank, alpha=rank / 2.0, dropout=0.05))
+    optimizer = make_optimizer(config, 100)
+    state = place_state(init_state(model.cfg, config, optimizer))
+    kw = dict(model_cfg=model.cfg, lora_cfg=config.lora, optimizer=optimizer)
+    key = jax.random.key(0)
+    t0 = time.perf_counter()
+    state, m = train_step(state, model.params, batches[0].as_dict(), key, **kw)
+    jax.block_until_ready(m)
+    compile_and_first = time.perf_counter() - t0
+    tokens, t0 = 0, time.perf_counter()
+    losses = []
+    for batch in batches[1:]:
+        state, m = train_step(state, model.params, batch.as_dict(), key, **kw)
+        losses.append(float(m["loss"]))
+        tokens += int((batch.segment_ids > 0).sum())
+    seconds = time.perf_counter() - t0
+    return {"tokens_per_s": round(tokens / seconds, 1), "seconds_per_step": round(seconds / len(batches[1:]), 3),
+            "first_step_seconds_with_compile": round(compile_and_first, 2), "losses": [round(x, 3) for x in losses]}
+
+
+def torch_peft_training(gguf: str, batches, rank: int) -> dict:
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pathlib import Path
+
+    path = Path(gguf)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model = get_peft_model(hf, LoraConfig(r=rank, lora_alpha=rank / 2.0, lora_dropout=0.05, task_type="CAUSAL_LM",
+                                          target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                          "up_proj", "down_proj"]))
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.05)
+
+    def step(batch):
+        ids = torch.tensor(batch.tokens, dtype=torch.long)
+        # Same tokens, same response-only targets (labels are the next tokens; -100 elsewhere).
+        labels = torch.where(torch.tensor(batch.weights) > 0, torch.tensor(batch.targets, dtype=torch.long), -100)
+        logits = model(input_ids=ids, position_ids=torch.tensor(batch.positions, dtype=torch.long)).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                 ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        opt.zero_grad()
+        return float(loss)
+
+    t0 = time.perf_counter()
+    step(batches[0])
+    first = time.perf_counter() - t0
+    tokens, t0 = 0, time.perf_counter()
+    losses = []
+    for batch in batches[1:]:
+        losses.append(step(batch))
+        tokens += int((batch.segment_ids > 0).sum())
+    seconds = time.perf_counter() - t0
+    return {"tokens_per_s": round(tokens / seconds, 1), "seconds_per_step": round(seconds / len(batches[1:]), 3),
+            "first_step_seconds": round(first, 2), "losses": [round(x, 3) for x in losses],
+            "torch_threads": torch.get_num_threads(), "note": "causal attention over the whole packed row "
+            "(HF has no per-segment mask without flash-attn); same FLOPs as ours"}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--rank", type=int, default=64)
+    ap.add_argument("--batch_sizes", default="1,8")
+    ap.add_argument("--steps", type=int, default=32, help="decode steps per timed loop")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train_steps", type=int, default=6)
+    ap.add_argument("--rows_per_batch", type=int, default=2)
+    ap.add_argument("--max_len", type=int, default=512)
+    ap.add_argument("--skip_torch", action="store_true")
+    a = ap.parse_args()
+    from common import gguf_path
+
+    from costeer_jax.models.chat import eos_token_ids
+    from costeer_jax.models.params_cache import load_model_cached
+
+    model = load_model_cached(a.model)
+    results = {"model": model.name, "rank": a.rank, "machine": machine_note()}
+    results["decode"] = decode_costs(model, a.rank, [int(b) for b in a.batch_sizes.split(",")], a.steps, a.repeats)
+    batches = training_rows(model.tokenizer, eos_token_ids(model.tokenizer, model.generation_eos)[0],
+                            a.rows_per_batch, a.max_len, a.train_steps)
+    results["train_tokens_per_step"] = int((batches[1].segment_ids > 0).sum())
+    results["ours_training"] = ours_training(model, batches, a.rank)
+    if not a.skip_torch:
+        results["torch_peft_training"] = torch_peft_training(gguf_path(a.model), batches, a.rank)
+        results["training_speedup"] = round(results["ours_training"]["tokens_per_s"]
+                                            / results["torch_peft_training"]["tokens_per_s"], 2)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
