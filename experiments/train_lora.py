@@ -103,8 +103,8 @@ def main(argv):
     print(json.dumps({"output_dir": str(result.output_dir), "adapter": str(result.output_dir / "adapter"),
                       "steps": result.steps, "resumed_from": result.resumed_from,
                       "train_examples": len(train_set), "eval_examples": len(eval_set),
-                      "first_eval_loss": round(result.first_eval_loss, 4),
-                      "final_eval_loss": round(result.final_eval_loss, 4),
+                      "first_eval_loss": None if result.first_eval_loss is None else round(result.first_eval_loss, 4),
+                      "final_eval_loss": None if result.final_eval_loss is None else round(result.final_eval_loss, 4),
                       "train_tokens_per_s": round(result.tokens_per_s, 1), "load_seconds": round(load_seconds, 2)}))
 
 

@@ -83,6 +83,23 @@ def test_data_parallel_training_equals_one_device(tiny_chat_models, tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+def test_bf16_compute_trains_with_fp32_adapter_masters(tiny, tmp_path):
+    from costeer_jax.models.decoder import cast_params
+    from costeer_jax.training.lora_trainer import batch_nll
+
+    config = TrainConfig(lora=lora.LoraConfig(rank=4, alpha=8.0, dropout=0.0), learning_rate=3e-2, epochs=1,
+                         rows_per_batch=2, max_len=32)
+    bf16 = cast_params(tiny.params, "bfloat16")
+    result = train(bf16, tiny.cfg, synthetic_examples(12, 3), synthetic_examples(4, 4), config, tmp_path,
+                   base_model_name="t", progress=False)
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(result.adapter))
+    assert result.final_eval_loss < result.first_eval_loss
+    batch = packing.build_batch([synthetic_examples(2, 5)], 32).as_dict()
+    low = batch_nll(result.adapter, bf16, batch, model_cfg=tiny.cfg, lora_cfg=config.lora)[0]
+    full = batch_nll(result.adapter, tiny.params, batch, model_cfg=tiny.cfg, lora_cfg=config.lora)[0]
+    assert abs(float(low) - float(full)) < 0.03 * abs(float(full))
+
+
 def test_packing_keeps_examples_whole_and_marks_only_response_targets():
     examples = [packing.TokenizedExample((5, 6, 7), (8, 9)), packing.TokenizedExample((10, 11), (12,))]
     batch = packing.build_batch(packing.pack_rows(examples, 16), 16)

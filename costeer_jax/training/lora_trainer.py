@@ -207,8 +207,8 @@ class TrainResult:
     adapter: lora.Adapter
     steps: int
     resumed_from: int
-    final_eval_loss: float
-    first_eval_loss: float
+    final_eval_loss: float | None  # None without held-out rows
+    first_eval_loss: float | None
     tokens_per_s: float
     output_dir: Path
 
@@ -271,7 +271,7 @@ def train(base: dict, model_cfg: DecoderConfig, train_examples: Sequence[Tokeniz
     seed_key = jax.random.key(config.seed)
     step_kw = dict(model_cfg=model_cfg, lora_cfg=config.lora, optimizer=optimizer)
     first_eval = next((r["eval_loss"] for r in history if "eval_loss" in r), None)
-    if first_eval is None:
+    if first_eval is None and eval_examples:
         first_eval = evaluate_loss(state["adapter"], base, eval_examples, model_cfg, config, mesh)
         history.append({"step": 0, "eval_loss": first_eval})
         with open(metrics_path, "a") as f:
@@ -301,7 +301,7 @@ def train(base: dict, model_cfg: DecoderConfig, train_examples: Sequence[Tokeniz
                 row = {"step": step, "epoch": epoch, "loss": round(float(metrics["loss"]), 6),
                        "grad_norm": round(float(metrics["grad_norm"]), 6),
                        "lr": float(schedule_lr(step - 1)), "tokens": tokens, "seconds": round(dt, 4)}
-                if step % config.eval_every == 0 or step == plan.total:
+                if eval_examples and (step % config.eval_every == 0 or step == plan.total):
                     row["eval_loss"] = evaluate_loss(state["adapter"], base, eval_examples, model_cfg, config, mesh)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
@@ -322,7 +322,7 @@ def train(base: dict, model_cfg: DecoderConfig, train_examples: Sequence[Tokeniz
         lora.save_adapter(output_dir / "adapter", adapter, config.lora, base_model_name, model_cfg)
         _plot(history, output_dir / "loss_curve.png")
     evals = [r["eval_loss"] for r in history if "eval_loss" in r]
-    return TrainResult(adapter, step, resumed_from, evals[-1] if evals else float("nan"), first_eval,
+    return TrainResult(adapter, step, resumed_from, evals[-1] if evals else None, first_eval,
                        tokens_done / seconds if seconds else 0.0, output_dir)
 
 
