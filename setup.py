@@ -11,6 +11,8 @@ setup(
     install_requires=[
         "jax>=0.7",
         "flax>=0.11",
+        "optax",  # LoRA training (costeer_jax/training)
+        "orbax-checkpoint",  # resumable training checkpoints
         "numpy",
         "transformers>=4.50",
         "tokenizers",
@@ -29,7 +31,9 @@ setup(
     extras_require={
         # torch only for parity tests against transformers' PyTorch models; the runtime never imports it.
         # Pinned: a CPU build of 2.13.0 lies on the CI machine's disk, an unpinned torch pulls a CUDA build.
-        "dev": ["torch==2.13.0", "accelerate", "pytest", "pytest-xdist"],
+        # peft: the LoRA parity test (our adapters against peft's on the same transformers model)
+        # and benchmarks/bench_lora.py's torch baseline.
+        "dev": ["torch==2.13.0", "accelerate", "peft==0.21.2", "pytest", "pytest-xdist"],
         "reward": ["torch==2.13.0", "accelerate"],
     },
 )

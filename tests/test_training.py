@@ -60,6 +60,7 @@ def test_kill_and_resume_gives_the_uninterrupted_adapter(tiny, tmp_path):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
     assert (tmp_path / "killed" / "loss_curve.png").stat().st_size > 1000
     assert json.loads((tmp_path / "killed" / "training_config.json").read_text())["train"]["lora"]["rank"] == 4
+    assert (tmp_path / "killed" / "adapter" / "training_config.json").exists()
 
 
 def test_data_parallel_training_equals_one_device(tiny_chat_models, tmp_path):

@@ -320,6 +320,8 @@ def train(base: dict, model_cfg: DecoderConfig, train_examples: Sequence[Tokeniz
     adapter = jax.device_get(state["adapter"])
     if step == plan.total:
         lora.save_adapter(output_dir / "adapter", adapter, config.lora, base_model_name, model_cfg)
+        # The run's config travels with the adapter (a copied adapter folder still says how it was made).
+        (output_dir / "adapter" / "training_config.json").write_text((output_dir / "training_config.json").read_text())
         _plot(history, output_dir / "loss_curve.png")
     evals = [r["eval_loss"] for r in history if "eval_loss" in r]
     return TrainResult(adapter, step, resumed_from, evals[-1] if evals else None, first_eval,
