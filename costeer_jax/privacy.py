@@ -9,7 +9,7 @@ what it receives or holds *beyond* that, as token ids in order of arrival:
 | llm_w | the personalized prompt (private context included), then the committed tokens |
 | costeer, light_costeer, ada_costeer, fuse, proxy_tuning | the committed tokens: the edge picks each token and uplinks it |
 | specsteer, sd | per iteration, the K drafted tokens as uplinked (accepted or not), then the token drawn at the first rejection or the bonus token; the drafts a row's budget or EOS cut off were uplinked too |
-| slm_wo, slm_w, cs | nothing: the SLM decodes alone on the edge |
+| slm_wo, slm_w, cs, sft | nothing: the SLM (sft: with its LoRA adapter) decodes alone on the edge |
 
 The speculative kernel records its uplinked drafts and committed tokens into one buffer per row
 (`decoding.speculative`, `cloud_tokens`); its Appendix D uplink bytes count the same drafts.
@@ -25,7 +25,7 @@ UPLINKED = "uplinked drafts and committed tokens"
 
 CLOUD_VIEW = {
     "llm_wo": COMMITTED, "llm_w": PROMPT_AND_COMMITTED,
-    "slm_wo": NOTHING, "slm_w": NOTHING, "cs": NOTHING,
+    "slm_wo": NOTHING, "slm_w": NOTHING, "cs": NOTHING, "sft": NOTHING,
     "costeer": COMMITTED, "light_costeer": COMMITTED, "ada_costeer": COMMITTED, "fuse": COMMITTED,
     "proxy_tuning": COMMITTED,
     "specsteer": UPLINKED, "sd": UPLINKED,
