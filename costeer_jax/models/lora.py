@@ -145,7 +145,7 @@ def stack(adapters: Sequence[tuple[Adapter, LoraConfig]]) -> tuple[list, jax.Arr
         raise AdapterError("adapters in one batch must target the same modules")
     rank = max(adapter_rank(a) for a, _ in adapters)
 
-    def pad(a: Adapter, lora: LoraConfig) -> list:
+    def pad(a: Adapter) -> list:
         r = adapter_rank(a)
         out = []
         for layer in a["layers"]:
@@ -158,20 +158,13 @@ def stack(adapters: Sequence[tuple[Adapter, LoraConfig]]) -> tuple[list, jax.Arr
             out.append(new)
         return out
 
-    padded = [pad(a, lora) for a, lora in adapters]
+    padded = [pad(a) for a, _ in adapters]
     layers = jax.tree.map(lambda *xs: jnp.stack(xs), *padded)
     return layers, jnp.asarray([lora.scale for _, lora in adapters], jnp.float32)
 
 
 def with_rows(layers: list, scales: jax.Array, row_index) -> RowAdapters:
     return RowAdapters(layers, scales, jnp.asarray(row_index, jnp.int32))
-
-
-def rows_slice(adapters: RowAdapters | None, start: int, size: int) -> RowAdapters | None:
-    """The same adapters for rows [start, start+size) of the batch (a stream of a group)."""
-    if adapters is None or adapters.row_index is None:
-        return adapters
-    return RowAdapters(adapters.layers, adapters.scale, adapters.row_index[start:start + size])
 
 
 def projection_delta(h: jax.Array, proj: dict, adapters: RowAdapters, out_widths: Sequence[int],

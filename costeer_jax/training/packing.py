@@ -95,10 +95,3 @@ def epoch_batches(examples: Sequence[TokenizedExample], max_len: int, rows_per_b
     rows = pack_rows([examples[i] for i in order], max_len)
     return [build_batch(rows[i:i + rows_per_batch], max_len, rows_per_batch)
             for i in range(0, len(rows), rows_per_batch)]
-
-
-def steps_per_epoch(examples: Sequence[TokenizedExample], max_len: int, rows_per_batch: int, seed: int) -> int:
-    """Batches of epoch 0 (later epochs may pack into one row more or less; the schedule uses this)."""
-    n_rows = len(pack_rows([examples[i] for i in np.random.default_rng([seed, 0]).permutation(len(examples))],
-                           max_len))
-    return -(-n_rows // rows_per_batch)
