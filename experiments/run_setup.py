@@ -150,9 +150,11 @@ def load_models(method, mesh=None):
         raise app.UsageError(f"--method={method.name} with this drafter needs {flag} (a LoRA adapter folder from "
                              "experiments/train_lora.py, or a fine-tuned checkpoint)")
     adapter_role = SLM_SFT in roles and lora.is_adapter_dir(specs[SLM_SFT])
+    # An adapter role loads no checkpoint of its own: it is --slm's model plus the adapter.
+    checkpoint_roles = (roles - {SLM_SFT}) | {SLM} if adapter_role else roles
     loaded, models = {}, {}
-
-    def load(spec):
+    for role in sorted(checkpoint_roles):
+        spec = specs[role]
         if spec not in loaded:
             loaded[spec] = load_model_cached(spec, FLAGS.dtype, FLAGS.params_cache, mesh=mesh)
             if mesh is not None:
@@ -160,12 +162,7 @@ def load_models(method, mesh=None):
 
                 for note in sharding.sharding_notes(loaded[spec].params, loaded[spec].cfg, mesh, FLAGS.batch_size):
                     print(f"sharding: {spec}: {note}", file=sys.stderr)
-        return loaded[spec]
-
-    for role in sorted(roles | ({SLM} if adapter_role else set())):
-        if role == SLM_SFT and adapter_role:
-            continue
-        models[role] = load(specs[role])
+        models[role] = loaded[spec]
     if adapter_role:
         base = models[SLM]
         adapter = lora.load_adapter(specs[SLM_SFT], base.cfg, base.params["embed"].dtype)

@@ -220,9 +220,9 @@ class Generator:
             self._adapter_files[path] = lora.load_adapter(path, model.cfg, model.params["embed"].dtype)
         return path, self._adapter_files[path]
 
-    def _adapter_rows(self, padded: list, streams) -> tuple[Any, dict, list]:
-        """Stacked adapters used by these streams' rows, each stream's per-row index [B] (-1: base)
-        and each row's adapter name (None: base)."""
+    def _adapter_rows(self, padded: list, streams) -> tuple[engine.GroupAdapters | None, list]:
+        """The adapters these streams' rows use, stacked, with each stream's per-row index [B]
+        (-1: base), or None where no row has one; and each row's adapter name (None: base)."""
         from costeer_jax.models import lora
 
         names: list[str] = []
@@ -243,15 +243,14 @@ class Generator:
                     row_names[b] = name
             rows[n] = jnp.asarray(index)
         if not stacked:
-            return None, rows, row_names
-        layers, scales = lora.stack(stacked)
-        return (layers, scales), rows, row_names
+            return None, row_names
+        return engine.GroupAdapters(*lora.stack(stacked), rows), row_names
 
     def _group_adapters(self, padded: list):
         out, row_names = [], [None] * len(padded)
         for names in self.layout.groups:
-            stacked, rows, names_here = self._adapter_rows(padded, names)
-            out.append(None if stacked is None else engine.GroupAdapters(*stacked, rows))
+            adapters, names_here = self._adapter_rows(padded, names)
+            out.append(adapters)
             row_names = [a or b for a, b in zip(row_names, names_here)]
         return (tuple(out) if any(a is not None for a in out) else None), row_names
 
@@ -293,12 +292,8 @@ class Generator:
         slm = self.models.get(SLM, drafter)
         params = (llm.params, slm.params)
         guard = self._guard(padded)
-        stacked, rows, adapter_names = self._adapter_rows(padded, [self.spec_streams["draft"]])
-        draft_adapters = None
-        if stacked is not None:
-            from costeer_jax.models import lora
-
-            draft_adapters = lora.with_rows(*stacked, rows[self.spec_streams["draft"]])
+        adapters, adapter_names = self._adapter_rows(padded, [self.spec_streams["draft"]])
+        draft_adapters = engine.group_row_adapters(adapters, [self.spec_streams["draft"]])
         params_draft = None if drafter.params is slm.params else drafter.params
         args = ({k: prompts[v] for k, v in self.spec_streams.items()}, hyper, *self._sampling_args(padded), guard,
                 params_draft, draft_adapters)

@@ -177,7 +177,7 @@ def projection_delta(h: jax.Array, proj: dict, adapters: RowAdapters, out_widths
     a, bs = proj["a"], [b for b in proj["b"] if b is not None]
     rank = bs[0].shape[-2]
     if adapters.row_index is not None and a.shape[0] < h.shape[0]:
-        return _few_adapters_delta(h, a, bs, adapters, out_widths, proj["b"], rank)
+        return _few_adapters_delta(h, a, adapters, out_widths, proj["b"], rank)
     stacked = adapters.row_index is not None
     if stacked:
         index = jnp.maximum(adapters.row_index, 0)
@@ -199,18 +199,25 @@ def projection_delta(h: jax.Array, proj: dict, adapters: RowAdapters, out_widths
             keep = jax.random.bernoulli(jax.random.fold_in(key, s), 1.0 - rate, h.shape)
             dropped = jnp.where(keep, h / (1.0 - rate), 0).astype(h.dtype)
             us.append(jnp.einsum(dot_a, dropped, a[..., s * rank:(s + 1) * rank].astype(h.dtype)))
-    parts, s = [], 0
-    for width, b in zip(out_widths, proj["b"]):
-        if b is not None:
-            parts.append(jnp.einsum(dot_b, us[s], bs[s].astype(h.dtype)))
-            s += 1
-        else:
-            parts.append(jnp.zeros(h.shape[:2] + (width,), h.dtype))
-    delta = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+    delta = _module_columns(proj["b"], out_widths, lambda s, _: jnp.einsum(dot_b, us[s], bs[s].astype(h.dtype)),
+                            lambda width: jnp.zeros(h.shape[:2] + (width,), h.dtype))
     return delta * scale
 
 
-def _few_adapters_delta(h, a, bs, adapters: RowAdapters, out_widths, all_bs, rank: int) -> jax.Array:
+def _module_columns(module_bs, widths, targeted, untargeted) -> jax.Array:
+    """The blocks of a fused projection's output columns, one per module in order, concatenated:
+    targeted(s, b) for the s-th targeted module (b its B), untargeted(width) for the others."""
+    parts, s = [], 0
+    for width, b in zip(widths, module_bs):
+        if b is None:
+            parts.append(untargeted(width))
+        else:
+            parts.append(targeted(s, b))
+            s += 1
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+
+
+def _few_adapters_delta(h, a, adapters: RowAdapters, out_widths, all_bs, rank: int) -> jax.Array:
     """Fewer adapters than rows (e.g. SLM+ and SLM- rows of one user): every row runs every
     adapter and a one-hot weight keeps its own, so each adapter's matrices are read once per step
     instead of once per row (gathering a [B, in, r] copy per row cost ~50% of a SmolLM2 decode
@@ -218,14 +225,10 @@ def _few_adapters_delta(h, a, bs, adapters: RowAdapters, out_widths, all_bs, ran
     n = a.shape[0]
     pick = (adapters.row_index[:, None] == jnp.arange(n)[None, :]) * adapters.scale[None, :]  # [B, n]
     u = jnp.einsum("bsi,nir->bsnr", h, a.astype(h.dtype)) * pick[:, None, :, None].astype(h.dtype)
-    parts, s = [], 0
-    for width, b in zip(out_widths, all_bs):
-        if b is not None:
-            parts.append(jnp.einsum("bsnr,nro->bso", u[..., s * rank:(s + 1) * rank], bs[s].astype(h.dtype)))
-            s += 1
-        else:
-            parts.append(jnp.zeros(h.shape[:2] + (width,), h.dtype))
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+    return _module_columns(
+        all_bs, out_widths,
+        lambda s, b: jnp.einsum("bsnr,nro->bso", u[..., s * rank:(s + 1) * rank], b.astype(h.dtype)),
+        lambda width: jnp.zeros(h.shape[:2] + (width,), h.dtype))
 
 
 def fused_widths(cfg: DecoderConfig, proj: str) -> list[int]:
@@ -238,14 +241,10 @@ def fused_widths(cfg: DecoderConfig, proj: str) -> list[int]:
 def _dense_delta(m: dict, lora: LoraConfig, proj: str, cfg: DecoderConfig) -> jax.Array:
     """The fused projection's full weight delta [in, out] (scale included)."""
     rank = next(b for b in m["b"] if b is not None).shape[0]
-    cols, s = [], 0
-    for width, b in zip(fused_widths(cfg, proj), m["b"]):
-        if b is not None:
-            cols.append(m["a"][:, s * rank:(s + 1) * rank].astype(jnp.float32) @ b.astype(jnp.float32))
-            s += 1
-        else:
-            cols.append(jnp.zeros((m["a"].shape[0], width), jnp.float32))
-    return jnp.concatenate(cols, axis=1) * lora.scale
+    a = m["a"].astype(jnp.float32)
+    return _module_columns(m["b"], fused_widths(cfg, proj),
+                           lambda s, b: a[:, s * rank:(s + 1) * rank] @ b.astype(jnp.float32),
+                           lambda width: jnp.zeros((a.shape[0], width), jnp.float32)) * lora.scale
 
 
 def _apply_delta(params: dict, adapter: Adapter, lora: LoraConfig, cfg: DecoderConfig, sign: float) -> dict:

@@ -71,11 +71,14 @@ class TrainConfig:
         return out
 
 
-def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
     warmup = int(round(config.warmup_ratio * total_steps))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, max(total_steps, warmup + 1), 0.0)
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, warmup, max(total_steps, warmup + 1), 0.0)
+
+
+def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                       optax.adamw(schedule, weight_decay=config.weight_decay))
+                       optax.adamw(learning_rate_schedule(config, total_steps), weight_decay=config.weight_decay))
 
 
 def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
@@ -141,24 +144,20 @@ def init_state(model_cfg: DecoderConfig, config: TrainConfig, optimizer) -> dict
 
 
 class StepPlan:
-    """Global step -> (epoch, batch index) over epochs whose packed batch counts may differ."""
+    """Global step -> (epoch, packed batch); epochs may pack into different batch counts. Every
+    epoch is packed once up front (the counts fix the schedule's length anyway)."""
 
     def __init__(self, examples: Sequence[TokenizedExample], config: TrainConfig):
-        self.examples, self.config = examples, config
-        self.counts = [len(epoch_batches(examples, config.max_len, config.rows_per_batch, config.seed, e))
+        self.epochs = [epoch_batches(examples, config.max_len, config.rows_per_batch, config.seed, e)
                        for e in range(config.epochs)]
-        self.total = sum(self.counts)
-        self._epoch, self._batches = None, None
+        self.total = sum(len(batches) for batches in self.epochs)
 
     def batch(self, step: int) -> tuple[int, PackedBatch]:
         epoch = 0
-        while step >= self.counts[epoch]:
-            step -= self.counts[epoch]
+        while step >= len(self.epochs[epoch]):
+            step -= len(self.epochs[epoch])
             epoch += 1
-        if epoch != self._epoch:
-            c = self.config
-            self._epoch, self._batches = epoch, epoch_batches(self.examples, c.max_len, c.rows_per_batch, c.seed, epoch)
-        return epoch, self._batches[step]
+        return epoch, self.epochs[epoch][step]
 
 
 def _place(tree, mesh, batch: bool):
@@ -182,21 +181,20 @@ def place_state(state: dict, mesh=None) -> dict:
 def check_training_mesh(mesh, rows_per_batch: int) -> None:
     if mesh is None:
         return
-    sizes = dict(zip(mesh.axis_names, mesh.devices.shape))
-    if any(size > 1 for name, size in sizes.items() if name != "data"):
+    from costeer_jax.sharding import DATA, mesh_axis_sizes
+
+    sizes = mesh_axis_sizes(mesh)
+    if any(size > 1 for name, size in sizes.items() if name != DATA):
         raise ValueError(f"training is data parallel: use --mesh=data:N (got axes {sizes})")
-    if rows_per_batch % sizes.get("data", 1):
+    if rows_per_batch % sizes[DATA]:
         raise ValueError(f"--rows_per_batch={rows_per_batch} must be a multiple of the mesh's data axis "
-                         f"({sizes.get('data', 1)})")
+                         f"({sizes[DATA]})")
 
 
-def evaluate_loss(adapter, base, examples: Sequence[TokenizedExample], model_cfg, config: TrainConfig,
-                  mesh=None) -> float:
-    """Mean NLL per response token over held-out examples (no dropout)."""
-    if not examples:
-        return float("nan")
+def evaluate_loss(adapter, base, batches: Sequence[PackedBatch], model_cfg, config: TrainConfig, mesh=None) -> float:
+    """Mean NLL per response token over packed held-out batches (no dropout)."""
     total, count = 0.0, 0.0
-    for batch in epoch_batches(examples, config.max_len, config.rows_per_batch, config.seed, 0):
+    for batch in batches:
         t, c = eval_nll(adapter, base, _place(batch.as_dict(), mesh, True), model_cfg=model_cfg, lora_cfg=config.lora)
         total, count = total + float(t), count + float(c)
     return total / max(count, 1.0)
@@ -246,10 +244,9 @@ def train(base: dict, model_cfg: DecoderConfig, train_examples: Sequence[Tokeniz
     output_dir = Path(output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     plan = StepPlan(train_examples, config)
+    eval_batches = epoch_batches(eval_examples, config.max_len, config.rows_per_batch, config.seed, 0)
     optimizer = make_optimizer(config, plan.total)
-    schedule_lr = optax.warmup_cosine_decay_schedule(
-        0.0, config.learning_rate, int(round(config.warmup_ratio * plan.total)),
-        max(plan.total, int(round(config.warmup_ratio * plan.total)) + 1), 0.0)
+    schedule_lr = learning_rate_schedule(config, plan.total)
     (output_dir / "training_config.json").write_text(json.dumps(
         {"train": config.as_dict(), "base_model": base_model_name, "total_steps": plan.total,
          "train_examples": len(train_examples), "eval_examples": len(eval_examples), **(run_config or {})}, indent=2))
@@ -272,7 +269,7 @@ def train(base: dict, model_cfg: DecoderConfig, train_examples: Sequence[Tokeniz
     step_kw = dict(model_cfg=model_cfg, lora_cfg=config.lora, optimizer=optimizer)
     first_eval = next((r["eval_loss"] for r in history if "eval_loss" in r), None)
     if first_eval is None and eval_examples:
-        first_eval = evaluate_loss(state["adapter"], base, eval_examples, model_cfg, config, mesh)
+        first_eval = evaluate_loss(state["adapter"], base, eval_batches, model_cfg, config, mesh)
         history.append({"step": 0, "eval_loss": first_eval})
         with open(metrics_path, "a") as f:
             f.write(json.dumps(history[-1]) + "\n")
@@ -302,7 +299,7 @@ def train(base: dict, model_cfg: DecoderConfig, train_examples: Sequence[Tokeniz
                        "grad_norm": round(float(metrics["grad_norm"]), 6),
                        "lr": float(schedule_lr(step - 1)), "tokens": tokens, "seconds": round(dt, 4)}
                 if eval_examples and (step % config.eval_every == 0 or step == plan.total):
-                    row["eval_loss"] = evaluate_loss(state["adapter"], base, eval_examples, model_cfg, config, mesh)
+                    row["eval_loss"] = evaluate_loss(state["adapter"], base, eval_batches, model_cfg, config, mesh)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 history.append(row)
