@@ -124,3 +124,35 @@ def tiny_chat_models(tmp_path_factory, smollm2_tokenizer_dir):
             shutil.copy(f, d / f.name)
         out[name] = d
     return out
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer_dir(tmp_path_factory):
+    """The Qwen2.5 tokenizer (from the 0.5B GGUF) saved as an HF tokenizer folder."""
+    if not real_model_available(QWEN_PAIR[1]):
+        pytest.skip("the Qwen2.5 data packages are not installed (make venv)")
+    from costeer_jax.models.gguf_file import gguf_tokenizer
+    from costeer_jax.models.registry import model_file
+
+    d = tmp_path_factory.mktemp("qwen_tok")
+    gguf_tokenizer(str(model_file(QWEN_PAIR[1], progress=False))).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_models(tmp_path_factory, smollm2_tokenizer_dir, qwen_tokenizer_dir):
+    """Tiny random checkpoints behind the two real tokenizers of different families: "qwen"
+    (Qwen2 architecture, Qwen2.5's 151936-token vocabulary) and "smol" (Llama, SmolLM2's 49152),
+    with a large init scale so next-token distributions are peaked (no near-ties to flip)."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("tiny_cross")
+    out = {}
+    for name, arch, vocab, tok_dir, ids in (
+            ("qwen", "qwen2", 151936, qwen_tokenizer_dir, dict(bos_token_id=151643, eos_token_id=151645)),
+            ("smol", "llama", 49152, smollm2_tokenizer_dir, dict(bos_token_id=1, eos_token_id=2, pad_token_id=2))):
+        d = build_tiny_checkpoint(arch, root / name, seed=7, vocab_size=vocab, initializer_range=0.6, **ids)
+        for f in tok_dir.iterdir():
+            shutil.copy(f, d / f.name)
+        out[name] = d
+    return out

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from costeer_jax.models import lora
 from costeer_jax.models.cache import KVCache, init_cache
 from costeer_jax.models.decoder import decode_step_logits, prefill_logits
-from costeer_jax.steering import copy_guard
+from costeer_jax.steering import copy_guard, cross_vocab
 from costeer_jax.steering.sampling import sample_tokens
 
 StepGate = Callable[[Any], jax.Array]
@@ -66,6 +66,16 @@ def group_row_adapters(adapters: GroupAdapters | None, names) -> "lora.RowAdapte
     return lora.with_rows(adapters.layers, adapters.scales, jnp.concatenate([adapters.rows[n] for n in names]))
 
 
+class TokenBridge(NamedTuple):
+    """Models with different tokenizers (costeer_map / costeer_byte): the policy chooses an index
+    into the N tokens both vocabularies share (models/vocab_alignment.py) and group g appends its
+    own id `to_group[g][index]`; `aux` is what the method's policy reads (gather ids, byte tables).
+    Each group's logits reach the policy uncut, in the group's own vocabulary."""
+
+    to_group: tuple  # per group [N] int32
+    aux: Any
+
+
 class Prompt(NamedTuple):
     tokens: jax.Array  # [B, S] right-padded
     lengths: jax.Array  # [B]
@@ -81,7 +91,9 @@ class DecodeResult(NamedTuple):
 
 
 # A policy: (logits by stream [B, V] fp32, policy state, per-row hyperparameters) ->
-#           (log-probabilities [B, V], new policy state, per-row stats increments)
+#           (log-probabilities [B, V], new policy state, per-row stats increments).
+# With a TokenBridge it also takes (bridge.aux, sampler: cross_vocab.Sampler or None when greedy)
+# and returns log-probabilities over the N shared tokens.
 Policy = Callable[[dict, Any, Any], tuple[jax.Array, Any, Any]]
 
 
@@ -98,9 +110,10 @@ def concat_caches(caches: list[KVCache]) -> KVCache:
                      "cache_lens"))
 def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, row_keys: jax.Array,
            eos_ids: jax.Array, temperature: jax.Array, top_p: jax.Array,
-           guard: copy_guard.CopyGuard | None = None, group_adapters: tuple | None = None, *, cfgs: tuple,
-           layout: StreamLayout, policy: Policy, gate: StepGate | None, max_new_tokens: int,
-           vocab_limit: int, greedy: bool, cache_lens: tuple[int, ...]) -> DecodeResult:
+           guard: copy_guard.CopyGuard | None = None, group_adapters: tuple | None = None,
+           bridge: TokenBridge | None = None, *, cfgs: tuple, layout: StreamLayout, policy: Policy,
+           gate: StepGate | None, max_new_tokens: int, vocab_limit: int | None, greedy: bool,
+           cache_lens: tuple[int, ...]) -> DecodeResult:
     """Generates up to max_new_tokens per row.
 
     row_keys [B] are per-row PRNG keys (folded with the step index), so a row samples the same
@@ -108,7 +121,9 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
     (the shared tokenizer length) before the policy sees them. With a copy guard, the tokens
     that would complete a verbatim N-token copy of the row's private context get -inf in the
     policy's log-probabilities before the choice (steering/copy_guard.py). group_adapters[g]
-    (a GroupAdapters, or None) adds per-row LoRA deltas to group g's one forward.
+    (a GroupAdapters, or None) adds per-row LoRA deltas to group g's one forward. With a bridge
+    (models of different tokenizers; vocab_limit None), tokens, eos_ids and the guard's ids are
+    indices into the shared tokens, and each group appends its own id for the chosen one.
     """
     batch = next(iter(prompts.values())).tokens.shape[0]
     group_adapters = group_adapters or (None,) * len(layout.groups)
@@ -133,7 +148,19 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
             parts.append(cache)
         caches.append(parts[0] if len(parts) == 1 else concat_caches(parts))
 
-    zero_stats = jax.eval_shape(lambda: policy(with_aliases(logits_by_stream), policy_state, hyper)[2])
+    def run_policy(logits, state, step):
+        if bridge is None:
+            return policy(logits, state, hyper)
+        sampler = None
+        if not greedy:
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
+            sampler = cross_vocab.Sampler(keys, temperature, top_p)
+        return policy(logits, state, hyper, bridge.aux, sampler)
+
+    def group_token(g, token):
+        return token if bridge is None else bridge.to_group[g][token]
+
+    zero_stats = jax.eval_shape(lambda: run_policy(with_aliases(logits_by_stream), policy_state, jnp.int32(0))[2])
     zero_stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_stats)
 
     class Carry(NamedTuple):
@@ -159,7 +186,7 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
         return jax.vmap(one_row)(log_probs, keys, temperature, top_p)
 
     def body(c: Carry):
-        log_probs, policy_state, stats_inc = policy(with_aliases(c.logits), c.policy_state, hyper)
+        log_probs, policy_state, stats_inc = run_policy(with_aliases(c.logits), c.policy_state, c.step)
         log_probs = copy_guard.apply(guard, c.recent, log_probs)
         token = choose(log_probs, c.step)
         finite = c.finite & jnp.all(jnp.stack(
@@ -173,7 +200,7 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
         new_caches, logits = [], {}
         for g, names in enumerate(layout.groups):
             def run(cache, g=g, names=names):
-                return decode_step_logits(params_groups[g], cfgs[g], jnp.tile(token, len(names)), cache,
+                return decode_step_logits(params_groups[g], cfgs[g], jnp.tile(group_token(g, token), len(names)), cache,
                                           group_row_adapters(group_adapters[g], names))
 
             if layout.gated and layout.gated[g]:

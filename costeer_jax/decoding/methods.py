@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,7 @@ DEFAULT_HYPER = {
 }
 
 SPECULATIVE_METHOD_NAMES = ("specsteer", "sd")
+CROSS_VOCAB_METHOD_NAMES = ("costeer_map", "costeer_byte")
 DRAFTER_STREAMS = ("slm_w", "slm_wo", "sft_wo", "sft_w")
 
 
@@ -74,6 +75,9 @@ class Method:
     description: str = ""
     # Set for the Draft-Verify methods (specsteer, sd): they have no per-token policy.
     speculative: SpeculativeOptions | None = None
+    # Models of different tokenizers: "map" (fusion on the shared tokens) or "byte" (in byte
+    # space); the policy then takes the engine's TokenBridge aux and sampler (engine.py).
+    cross_vocab: str | None = None
 
 
 def _log_softmax(x):
@@ -109,6 +113,27 @@ def _contrastive(logits, state, hyper):
 def _fuse(logits, state, hyper):
     fused = steering.fuse_logits(logits["llm"], logits["slm_w"], logits["slm_wo"], hyper["spec_beta"])
     return _log_softmax(fused), state, {}
+
+
+class MapIds(NamedTuple):
+    llm: jax.Array  # [N] LLM ids of the shared tokens
+    slm: jax.Array  # [N] SLM ids
+
+
+def _costeer_map(max_T, logits, state, hyper, ids: MapIds, sampler):
+    policy = steering.costeer_map_policy(
+        logits["llm"], logits["slm_wo"], logits["slm_w"], ids.llm, ids.slm, hyper["alpha"], hyper["beta"],
+        hyper["lam"], hyper["eta"], hyper["T"], max_T=max_T)
+    return policy, state, {"steered_tokens": jnp.ones(policy.shape[:1], jnp.int32)}
+
+
+def _costeer_byte(max_T, logits, state, hyper, bridge: steering.ByteBridge, sampler):
+    choice, walked = steering.costeer_byte_step(logits["llm"], logits["slm_wo"], logits["slm_w"], bridge, hyper,
+                                                max_T, sampler)
+    shared = jnp.arange(bridge.llm_ids.shape[0], dtype=jnp.int32)
+    # The walk has chosen: the loop's own choice over this one-hot returns it, greedy or sampled.
+    policy = jnp.where(shared[None, :] == choice[:, None], 0.0, -jnp.inf)
+    return policy, state, {"steered_tokens": jnp.ones(choice.shape, jnp.int32), "byte_steps": walked}
 
 
 def _proxy_tuning(logits, state, hyper):
@@ -153,6 +178,13 @@ def get_method(name: str, max_T: int = 20, speculative: SpeculativeOptions | Non
         return Method(name, ("llm", "slm_wo", "slm_w"), _fuse, ("spec_beta",),
                       description="fuse: SpecSteer's Eq. 8 on every token, h_LLM + beta (h_SLM+ - h_SLM-) "
                                   "(the SpecSteer paper's 'LightCoSteer' row)")
+    if name in CROSS_VOCAB_METHOD_NAMES:
+        kind = name.split("_")[1]
+        policy = _costeer_map if kind == "map" else _costeer_byte
+        how = ("on the tokens both vocabularies share (B.11.1)" if kind == "map"
+               else "in byte space, 256 bytes + commit (B.11.2)")
+        return Method(name, ("llm", "slm_wo", "slm_w"), functools.partial(policy, max_T), steering_keys,
+                      cross_vocab=kind, description=f"CoSteer across tokenizers, FTRL {how}")
     if name == "proxy_tuning":
         return Method(name, ("llm", "sft_w", "slm_w"), _proxy_tuning,
                       description="proxy-tuning: LLM + (SLM-SFT - SLM-base) logits")
@@ -175,7 +207,7 @@ def get_method(name: str, max_T: int = 20, speculative: SpeculativeOptions | Non
 
 
 METHOD_NAMES = ("llm_wo", "llm_w", "slm_wo", "slm_w", "sft", "costeer", "light_costeer", "ada_costeer",
-                "cs", "fuse", "proxy_tuning") + SPECULATIVE_METHOD_NAMES
+                "cs", "fuse", "proxy_tuning") + CROSS_VOCAB_METHOD_NAMES + SPECULATIVE_METHOD_NAMES
 
 
 def steering_active(state) -> jax.Array:

@@ -19,8 +19,8 @@ import numpy as np
 from costeer_jax import privacy
 from costeer_jax.decoding import engine, speculative
 from costeer_jax.decoding.hyperparams import check_hyper, check_sampling
-from costeer_jax.decoding.methods import (LLM, PERSONALIZED, SLM, SLM_SFT, STREAMS, Method,
-                                          hyper_arrays, steering_active)
+from costeer_jax.decoding.methods import (CROSS_VOCAB_METHOD_NAMES, LLM, PERSONALIZED, SLM, SLM_SFT, STREAMS,
+                                          Method, hyper_arrays, steering_active)
 from costeer_jax.models.cache import round_up
 from costeer_jax.models.chat import chat_prompt_ids, check_same_vocabulary, eos_token_ids
 from costeer_jax.models.loading import LoadedModel
@@ -93,11 +93,38 @@ def build_layout(method: Method, models: dict[str, LoadedModel]):
     return layout, [m for m, _ in groups]
 
 
+def cross_vocab_bridge(method: Method, models: dict[str, LoadedModel], layout: engine.StreamLayout):
+    """The vocabulary alignment of the LLM and SLM (cached per pair) and the engine's bridge for
+    costeer_map / costeer_byte."""
+    from costeer_jax import steering
+    from costeer_jax.decoding.methods import MapIds
+    from costeer_jax.models.vocab_alignment import align_vocabularies
+
+    llm, slm = models[LLM], models[SLM]
+    alignment = align_vocabularies(
+        llm.tokenizer, slm.tokenizer, eos_token_ids(llm.tokenizer, llm.generation_eos),
+        eos_token_ids(slm.tokenizer, slm.generation_eos), llm.cfg.vocab_size, slm.cfg.vocab_size)
+    llm_ids, slm_ids = jnp.asarray(alignment.llm_ids), jnp.asarray(alignment.slm_ids)
+    to_group = tuple(llm_ids if "llm" in names else slm_ids for names in layout.groups)
+    if method.cross_vocab == "map":
+        aux = MapIds(llm_ids, slm_ids)
+    else:
+        llm_shared = np.full(alignment.llm_bytes.lengths.shape, -1, np.int32)
+        llm_shared[alignment.llm_ids] = np.arange(alignment.size, dtype=np.int32)
+        tables = lambda t: steering.ByteTables(jnp.asarray(t.table), jnp.asarray(t.lengths))
+        aux = steering.ByteBridge(llm_ids, tables(alignment.llm_bytes), tables(alignment.slm_bytes),
+                                  jnp.asarray(llm_shared))
+    return alignment, engine.TokenBridge(to_group, aux)
+
+
 def check_copy_guard(method_name: str, n: int) -> None:
     """Refuses a guard the method cannot use (callers check before loading models)."""
     if n and method_name in ("llm_wo", "llm_w"):
         raise ValueError(f"--copy_guard guards the edge's token choices; {method_name} decodes in the "
                          "cloud (llm_w already sends the private context): use a steering method")
+    if n and method_name in CROSS_VOCAB_METHOD_NAMES:
+        raise ValueError(f"--copy_guard is not implemented for {method_name} (the guard compares token ids of one "
+                         "tokenizer); run it without the guard, or use a same-tokenizer pair with costeer")
     if n < 0 or n == 1:
         raise ValueError(f"--copy_guard={n} is out of range: N counts the tokens of a copy, in [2, inf) "
                          "(0 turns the guard off)")
@@ -131,15 +158,24 @@ class Generator:
         self._adapter_files: dict[str, Any] = {}  # per-example adapter folders, loaded once
         roles = {STREAMS[s][0] for s in method.streams}
         used = [models[r] for r in (LLM, SLM, SLM_SFT) if r in roles]
-        self.tokenizer = used[0].tokenizer
-        self.vocab_limit = len(self.tokenizer)
-        for other in used[1:]:
-            check_same_vocabulary(used[0].tokenizer, other.tokenizer, used[0].name, other.name)
+        self.tokenizer = used[0].tokenizer  # decodes the output (the LLM's, where there is one)
+        self.stream_tokenizers = {s: self.tokenizer for s in method.streams}
+        self.alignment = self.bridge = None
+        if method.cross_vocab:
+            # Each model keeps its own tokenization and chat template; tokens are shared indices.
+            self.stream_tokenizers = {s: m.tokenizer for s, m in self.stream_models.items()}
+            self.alignment, self.bridge = cross_vocab_bridge(method, models, self.layout)
+            self.vocab_limit = None
+            self.eos_ids = [int(i) for i in self.alignment.eos_shared]
+        else:
+            self.vocab_limit = len(self.tokenizer)
+            for other in used[1:]:
+                check_same_vocabulary(used[0].tokenizer, other.tokenizer, used[0].name, other.name)
+            self.eos_ids = eos_token_ids(self.tokenizer, used[0].generation_eos)
         for m in used:
-            if m.cfg.vocab_size < self.vocab_limit:
+            if m.cfg.vocab_size < len(m.tokenizer):
                 raise ValueError(f"{m.name}: embedding has {m.cfg.vocab_size} rows but the tokenizer "
-                                 f"has {self.vocab_limit} tokens; the checkpoint does not match its tokenizer")
-        self.eos_ids = eos_token_ids(self.tokenizer, used[0].generation_eos)
+                                 f"has {len(m.tokenizer)} tokens; the checkpoint does not match its tokenizer")
         self._compiled: dict[Any, Any] = {}
         self.compile_seconds = 0.0
         self.compile_cpu_seconds = 0.0  # process CPU time of compiling (benchmarks on shared machines)
@@ -165,7 +201,7 @@ class Generator:
         for name, text in texts.items():
             if not text or not text.strip():
                 raise ValueError(f"example {example.id!r} has an empty {name}; fix or drop that row")
-        return {s: chat_prompt_ids(self.tokenizer, texts[STREAMS[s][1]])
+        return {s: chat_prompt_ids(self.stream_tokenizers[s], texts[STREAMS[s][1]])
                 for group in self.layout.groups for s in group}
 
     # -- one batch -------------------------------------------------------------------------
@@ -193,7 +229,7 @@ class Generator:
         guard = self._guard(padded)
         group_adapters, adapter_names = self._group_adapters(padded)
         args = (prompts, self.method.init_state(len(padded)), hyper, *self._sampling_args(padded), guard,
-                group_adapters)
+                group_adapters, self.bridge)
         static = dict(
             cfgs=tuple(m.cfg for m in self.group_models), layout=self.layout, policy=self.method.policy,
             gate=steering_active if any(self.layout.gated) else None,
@@ -203,6 +239,8 @@ class Generator:
         result = self._compile_and_run(engine.decode, params, args, static,
                                        (tuple(widths.items()), static["cache_lens"], _guard_width(guard),
                                         _adapters_signature(group_adapters)))
+        if self.alignment is not None:  # shared indices -> the LLM's own ids (what the cloud commits)
+            result = result._replace(tokens=self.alignment.llm_ids[result.tokens])
         return self._rows(examples, result, ids, adapter_names)
 
     # -- LoRA adapters -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 AdaCoSteer gating (B.12.2), LA/CS and proxy-tuning baselines (B.8), SpecSteer verification / recovery
 (SpecSteer Eq. 7/8), vocabulary cutting and sampling.  Every function is jit-compatible."""
 from .adaptive import AdaState, ada_init, ada_update, llm_confidence
+from .cross_vocab import ByteBridge, ByteTables, costeer_byte_step, costeer_map_policy
 from .baselines import contrastive_steering, fuse_logits, proxy_tuning
 from .ftrl import (costeer_delta, costeer_delta_coefficient, costeer_policy, costeer_policy_iterative,
                    light_costeer_beta_star, light_costeer_closed_form)
@@ -13,6 +14,10 @@ __all__ = [
     "ada_init",
     "ada_update",
     "llm_confidence",
+    "ByteBridge",
+    "ByteTables",
+    "costeer_byte_step",
+    "costeer_map_policy",
     "contrastive_steering",
     "fuse_logits",
     "proxy_tuning",

@@ -1,0 +1,333 @@
+"""Models of different tokenizers (issue 10): the byte alignment of the real SmolLM2 and Qwen2.5
+vocabularies, CoSteer_map and CoSteer_byte against a host-side NumPy transcription of B.11.1 /
+B.11.2 (one row at a time, no cache, transformers' own forward), batch invariance, and the
+degenerate one-tokenizer cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from costeer_jax.data import Example
+from costeer_jax.decoding import methods
+from costeer_jax.decoding.runner import Generator, Sampling
+from costeer_jax.models.chat import chat_prompt_ids, eos_token_ids
+from costeer_jax.models.vocab_alignment import align_vocabularies, compute_alignment
+
+COMMIT = 256
+HYPER = {"alpha": 2.0, "beta": 1.0, "lam": 2.0, "eta": 10.0, "T": 4}
+EXAMPLES = [
+    Example("a", "Suggest a weekend activity.", "I love birdwatching near lakes. Suggest a weekend activity."),
+    Example("b", "Recommend a book, café owner?", "I enjoyed Dune and Über-long sagas. Recommend a book, café owner?"),
+    Example("c", "Plan a short workout.", "I have a bad knee. Plan a short workout."),
+]
+NEW_TOKENS = 5
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tiny_cross_models):
+    from transformers import AutoTokenizer
+
+    return {k: AutoTokenizer.from_pretrained(v) for k, v in tiny_cross_models.items()}
+
+
+@pytest.fixture(scope="module")
+def models(tiny_cross_models):
+    from costeer_jax.models.loading import load_model
+
+    return {k: load_model(str(v)) for k, v in tiny_cross_models.items()}
+
+
+def alignment_of(tokenizers, llm="qwen", slm="smol"):
+    a, b = tokenizers[llm], tokenizers[slm]
+    return compute_alignment(a, b, eos_token_ids(a), eos_token_ids(b))
+
+
+# -- alignment ----------------------------------------------------------------------------------
+
+def test_token_bytes_are_exact_and_the_real_intersection(tokenizers):
+    al = alignment_of(tokenizers)
+    text = "Héllo wörld, 日本語 and 𓀀ꙮ𝔘 🙂 — café\n\tdone"
+    for tok, table in ((tokenizers["qwen"], al.llm_bytes), (tokenizers["smol"], al.slm_bytes)):
+        ids = tok.encode(text, add_special_tokens=False)
+        # Some of these tokens hold part of a UTF-8 character: only their bytes concatenate.
+        assert b"".join(table.bytes_of(i) for i in ids) == text.encode("utf-8")
+        assert any(not _is_utf8(table.bytes_of(i)) for i in ids)
+    # Measured on the real vocabularies (BUILD_NOTES): 39234 normal tokens shared by bytes,
+    # plus <|endoftext|>, <|im_start|>, <|im_end|> spelled alike.
+    assert al.normal_shared == 39234 and al.size == 39237
+    eos = list(zip(al.llm_ids[al.eos_shared], al.slm_ids[al.eos_shared]))
+    assert eos == [(151645, 2)]
+    for i in range(0, al.normal_shared, 997):
+        assert al.llm_bytes.bytes_of(al.llm_ids[i]) == al.slm_bytes.bytes_of(al.slm_ids[i])
+
+
+def _is_utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def test_alignment_is_cached_per_pair(tokenizers, tmp_path, monkeypatch):
+    monkeypatch.setenv("COSTEER_JAX_CACHE", str(tmp_path))
+    a, b = tokenizers["qwen"], tokenizers["smol"]
+    first = align_vocabularies(a, b, eos_token_ids(a), eos_token_ids(b))
+    files = list((tmp_path / "alignments").glob("*.npz"))
+    assert len(files) == 1
+    again = align_vocabularies(a, b, eos_token_ids(a), eos_token_ids(b))
+    np.testing.assert_array_equal(first.llm_ids, again.llm_ids)
+    np.testing.assert_array_equal(first.slm_bytes.table, again.slm_bytes.table)
+    files[0].write_bytes(b"torn")  # a corrupt cache file is recomputed, not an error
+    np.testing.assert_array_equal(align_vocabularies(a, b, eos_token_ids(a), eos_token_ids(b)).slm_ids, first.slm_ids)
+    reverse = align_vocabularies(b, a, eos_token_ids(b), eos_token_ids(a))
+    assert reverse.size == first.size and len(list((tmp_path / "alignments").glob("*.npz"))) == 2
+
+
+# -- the NumPy transcription of B.11.1 / B.11.2 ------------------------------------------------
+
+def np_log_softmax(x):
+    x = np.asarray(x, np.float64)
+    m = np.max(x[np.isfinite(x)])
+    return x - (m + np.log(np.sum(np.exp(x - m))))
+
+
+def np_ftrl(llm, wo, w, alpha, beta, lam, eta, T):
+    """Eq. 7 iterated T times, literally (Algorithm 1 lines 6-12), float64."""
+    base = np_log_softmax(llm)
+    delta = np_log_softmax(w) - np_log_softmax(wo)
+    player, cum = base, np.zeros_like(base)
+    for t in range(1, T + 1):
+        cum = cum + alpha * (player - base) + beta * delta
+        player = np_log_softmax((t * lam * base + cum + player / eta) / (t * lam + 1 / eta))
+    return player
+
+
+def np_candidates(table, prefix: bytes):
+    L = len(prefix)
+    ok = table.lengths >= L
+    if L:
+        ok &= np.all(table.table[:L].T == np.frombuffer(prefix, np.uint8)[None, :], axis=1)
+    key = np.where(table.lengths > L, table.table[min(L, table.table.shape[0] - 1)].astype(np.int64), COMMIT)
+    return ok, key
+
+
+def np_byte_dist(logits, table, prefix: bytes):
+    """A model's 257-outcome distribution after `prefix`, from scratch (B.11.2 step 1)."""
+    ok, key = np_candidates(table, prefix)
+    out = np.full(257, -np.inf)
+    x = np.asarray(logits, np.float64)
+    for o in np.unique(key[ok]):
+        sel = x[ok & (key == o)]
+        out[o] = sel.max() + np.log(np.sum(np.exp(sel - sel.max())))
+    return np_log_softmax(out)
+
+
+def np_live(al, prefix: bytes):
+    ok, key = np_candidates(al.llm_bytes, prefix)
+    shared = np.zeros(al.llm_bytes.lengths.shape, bool)
+    shared[al.llm_ids] = True
+    live = np.zeros(257, bool)
+    live[np.unique(key[ok & shared])] = True
+    return live
+
+
+def np_byte_walk(al, llm, wo, w, hyper):
+    """One committed token of CoSteer_byte: the shared index (B.11.2 step 2)."""
+    prefix = b""
+    llm_shared = {int(t): i for i, t in enumerate(al.llm_ids)}
+    while True:
+        d = [np_byte_dist(llm, al.llm_bytes, prefix), np_byte_dist(wo, al.slm_bytes, prefix),
+             np_byte_dist(w, al.slm_bytes, prefix)]
+        feasible = np.flatnonzero(np_live(al, prefix) & np.all([np.isfinite(x) for x in d], axis=0))
+        policy = np_ftrl(*(x[feasible] for x in d), **hyper)
+        outcome = int(feasible[np.argmax(policy)])
+        if outcome == COMMIT:
+            ok, key = np_candidates(al.llm_bytes, prefix)
+            ends = [t for t in np.flatnonzero(ok & (key == COMMIT)) if int(t) in llm_shared]
+            return llm_shared[int(max(ends, key=lambda t: (llm[t], -t)))]
+        prefix += bytes([outcome])
+
+
+def reference_decode(kind, torch_models, tokenizers, al, example, llm="qwen", slm="smol"):
+    """costeer_map / costeer_byte for one row: full forwards (no cache), NumPy policy."""
+    import torch
+
+    def last_logits(model, ids):
+        with torch.no_grad():
+            return model(torch.tensor([ids])).logits[0, -1].double().numpy()
+
+    streams = {"llm": chat_prompt_ids(tokenizers[llm], example.query),
+               "slm_wo": chat_prompt_ids(tokenizers[slm], example.query),
+               "slm_w": chat_prompt_ids(tokenizers[slm], example.personalized_query)}
+    out = []
+    for _ in range(NEW_TOKENS):
+        x = {s: last_logits(torch_models[llm if s == "llm" else slm], ids) for s, ids in streams.items()}
+        if kind == "map":
+            i = int(np.argmax(np_ftrl(x["llm"][al.llm_ids], x["slm_wo"][al.slm_ids], x["slm_w"][al.slm_ids],
+                                      **HYPER)))
+        else:
+            i = np_byte_walk(al, x["llm"], x["slm_wo"], x["slm_w"], HYPER)
+        out.append(int(al.llm_ids[i]))
+        streams["llm"].append(int(al.llm_ids[i]))
+        streams["slm_wo"].append(int(al.slm_ids[i]))
+        streams["slm_w"].append(int(al.slm_ids[i]))
+        if i in set(al.eos_shared.tolist()):
+            break
+    return out
+
+
+def generate(method_name, models, llm, slm, batch_size, sampling=Sampling()):
+    gen = Generator(methods.get_method(method_name, max_T=4), {methods.LLM: models[llm], methods.SLM: models[slm]},
+                    max_new_tokens=NEW_TOKENS, batch_size=batch_size, sampling=sampling, hyper=HYPER)
+    rows = []
+    for i in range(0, len(EXAMPLES), batch_size):
+        rows += gen.run_batch(EXAMPLES[i:i + batch_size])[0]
+    return {r["id"]: r for r in rows}
+
+
+@pytest.mark.parametrize("kind", ["map", "byte"])
+def test_greedy_tokens_equal_the_host_transcription(kind, models, tokenizers, tiny_cross_models):
+    from transformers import AutoModelForCausalLM
+
+    torch_models = {k: AutoModelForCausalLM.from_pretrained(v).eval() for k, v in tiny_cross_models.items()}
+    al = alignment_of(tokenizers)
+    ours = generate(f"costeer_{kind}", models, "qwen", "smol", batch_size=3)
+    for ex in EXAMPLES[:2]:
+        assert ours[ex.id]["token_ids"] == reference_decode(kind, torch_models, tokenizers, al, ex), ex.id
+        assert ours[ex.id]["output"] == tokenizers["qwen"].decode(ours[ex.id]["token_ids"], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("kind", ["map", "byte"])
+def test_batch_invariance_across_tokenizers(kind, models):
+    for sampling in (Sampling(), Sampling(greedy=False, temperature=0.8, seed=5)):
+        batched = generate(f"costeer_{kind}", models, "smol", "qwen", batch_size=3, sampling=sampling)
+        single = generate(f"costeer_{kind}", models, "smol", "qwen", batch_size=1, sampling=sampling)
+        for ex in EXAMPLES:
+            assert batched[ex.id]["token_ids"] == single[ex.id]["token_ids"], (sampling, ex.id)
+
+
+# -- the byte space on random logits -----------------------------------------------------------
+
+def _random_logits(rng, size, scale=3.0):
+    return (scale * rng.standard_normal((size,))).astype(np.float32)
+
+
+def _prefixes(table, rng, n=6):
+    """Byte prefixes that candidates start with: the empty one and beginnings of random tokens."""
+    normal = np.flatnonzero(table.lengths > 2)
+    out = [b""]
+    for t in rng.choice(normal, n - 1, replace=False):
+        b = table.bytes_of(int(t))
+        out.append(b[:rng.integers(1, len(b))])
+    return out
+
+
+def test_byte_distributions_equal_numpy_and_sum_to_one(tokenizers):
+    import jax.numpy as jnp
+
+    from costeer_jax.steering import cross_vocab as cv
+
+    al = alignment_of(tokenizers)
+    rng = np.random.default_rng(0)
+    for table in (al.llm_bytes, al.slm_bytes):
+        tables = cv.ByteTables(jnp.asarray(table.table), jnp.asarray(table.lengths))
+        logits = _random_logits(rng, table.lengths.shape[0])
+        for prefix in _prefixes(table, rng):
+            ok, _ = np_candidates(table, prefix)
+            keys = cv.next_byte_keys(tables, jnp.asarray([len(prefix)], jnp.int32))
+            ours = np.asarray(cv.byte_log_probs(jnp.asarray(logits)[None], jnp.asarray(ok)[None], keys)[0])
+            want = np_byte_dist(logits, table, prefix)
+            np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(want))
+            np.testing.assert_allclose(ours[np.isfinite(want)], want[np.isfinite(want)], atol=1e-5)
+            assert abs(np.exp(ours[np.isfinite(ours)]).sum() - 1) < 1e-5
+
+
+def test_byte_factorisation_gives_back_each_token_probability(tokenizers):
+    """Walking a token's bytes and committing multiplies to that token's softmax probability."""
+    import jax.numpy as jnp
+
+    from costeer_jax.steering import cross_vocab as cv
+
+    table = alignment_of(tokenizers).slm_bytes
+    tables = cv.ByteTables(jnp.asarray(table.table), jnp.asarray(table.lengths))
+    rng = np.random.default_rng(1)
+    logits = _random_logits(rng, table.lengths.shape[0])
+    want = np_log_softmax(np.where(table.lengths >= 0, logits, -np.inf))
+    for t in rng.choice(np.flatnonzero(table.lengths > 0), 40, replace=False):
+        b = table.bytes_of(int(t))
+        cand = cv.initial_candidates(tables, 1)
+        total = 0.0
+        for L, outcome in enumerate(list(b) + [COMMIT]):
+            keys = cv.next_byte_keys(tables, jnp.asarray([L], jnp.int32))
+            total += float(cv.byte_log_probs(jnp.asarray(logits)[None], cand, keys)[0, outcome])
+            cand = cand & (keys == outcome)
+        assert abs(total - want[t]) < 1e-4, (t, b)
+
+
+def test_fused_byte_policy_equals_literal_ftrl(tokenizers):
+    import jax.numpy as jnp
+
+    from costeer_jax.steering import cross_vocab as cv
+
+    al = alignment_of(tokenizers)
+    rng = np.random.default_rng(2)
+    logits = [_random_logits(rng, al.llm_bytes.lengths.shape[0])] + [
+        _random_logits(rng, al.slm_bytes.lengths.shape[0]) for _ in range(2)]
+    for prefix in _prefixes(al.llm_bytes, rng):
+        if not np_live(al, prefix).any():
+            continue  # a prefix of an LLM-only token: the walk never enters it
+        d = [np_byte_dist(logits[0], al.llm_bytes, prefix), np_byte_dist(logits[1], al.slm_bytes, prefix),
+             np_byte_dist(logits[2], al.slm_bytes, prefix)]
+        live = np_live(al, prefix)
+        feasible = live & np.all([np.isfinite(x) for x in d], axis=0)
+        ours = np.asarray(cv.fused_byte_policy(*(jnp.asarray(x, jnp.float32)[None] for x in d), jnp.asarray(live)[None],
+                                               **{k: v for k, v in HYPER.items()}, max_T=4)[0])
+        want = np_ftrl(*(x[feasible] for x in d), **HYPER)
+        assert np.all(np.isneginf(ours[~feasible]))
+        np.testing.assert_allclose(ours[feasible], want, atol=1e-5)
+
+
+def test_byte_walk_with_one_model_follows_its_own_confident_choice(tokenizers):
+    """Delta = 0 (SLM- = SLM+): the policy is the LLM's own byte distribution; where the LLM's
+    top token holds most of the mass, the byte walk commits exactly that token."""
+    import jax.numpy as jnp
+
+    from costeer_jax.steering import cross_vocab as cv
+
+    al = alignment_of(tokenizers)
+    llm_shared = np.full(al.llm_bytes.lengths.shape, -1, np.int32)
+    llm_shared[al.llm_ids] = np.arange(al.size)
+    bridge = cv.ByteBridge(jnp.asarray(al.llm_ids), cv.ByteTables(jnp.asarray(al.llm_bytes.table),
+                                                                  jnp.asarray(al.llm_bytes.lengths)),
+                           cv.ByteTables(jnp.asarray(al.slm_bytes.table), jnp.asarray(al.slm_bytes.lengths)),
+                           jnp.asarray(llm_shared))
+    rng = np.random.default_rng(3)
+    targets = rng.choice(al.normal_shared, 4, replace=False)
+    llm = rng.standard_normal((4, al.llm_bytes.lengths.shape[0])).astype(np.float32)
+    llm[np.arange(4), al.llm_ids[targets]] = 20.0  # ~e^20 / 150k: the top token holds > 99% of the mass
+    slm = rng.standard_normal((4, al.slm_bytes.lengths.shape[0])).astype(np.float32)
+    hyper = {k: jnp.full((4,), v, jnp.int32 if k == "T" else jnp.float32) for k, v in HYPER.items()}
+    choice, walked = cv.costeer_byte_step(jnp.asarray(llm), jnp.asarray(slm), jnp.asarray(slm), bridge, hyper, 4)
+    np.testing.assert_array_equal(np.asarray(choice), targets)
+    np.testing.assert_array_equal(np.asarray(walked), al.llm_bytes.lengths[al.llm_ids[targets]] + 1)
+
+
+# -- one tokenizer on both sides ------------------------------------------------------------------
+
+def test_costeer_map_equals_costeer_with_one_tokenizer(tiny_chat_models):
+    from costeer_jax.models.loading import load_model
+
+    pair = {methods.LLM: load_model(str(tiny_chat_models["llm"])), methods.SLM: load_model(str(tiny_chat_models["slm"]))}
+    rows = {}
+    for name in ("costeer", "costeer_map"):
+        gen = Generator(methods.get_method(name, max_T=4), pair, max_new_tokens=6, batch_size=3, hyper=HYPER)
+        rows[name] = {r["id"]: r["token_ids"] for r in gen.run_batch(EXAMPLES)[0]}
+    assert rows["costeer"] == rows["costeer_map"]
+
+
+def test_copy_guard_is_refused_with_a_reason():
+    from costeer_jax.decoding.runner import check_copy_guard
+
+    with pytest.raises(ValueError, match="not implemented for costeer_byte"):
+        check_copy_guard("costeer_byte", 8)
