@@ -12,8 +12,9 @@ from costeer_jax.decoding import methods
 from costeer_jax.decoding.runner import Generator, Sampling
 from costeer_jax.models.chat import chat_prompt_ids, eos_token_ids
 from costeer_jax.models.vocab_alignment import align_vocabularies, compute_alignment
+from costeer_jax.steering.cross_vocab_host import (COMMIT, host_decode, np_byte_dist, np_candidates, np_ftrl,
+                                                   np_live, np_log_softmax)
 
-COMMIT = 256
 HYPER = {"alpha": 2.0, "beta": 1.0, "lam": 2.0, "eta": 10.0, "T": 4}
 EXAMPLES = [
     Example("a", "Suggest a weekend activity.", "I love birdwatching near lakes. Suggest a weekend activity."),
@@ -84,97 +85,18 @@ def test_alignment_is_cached_per_pair(tokenizers, tmp_path, monkeypatch):
     assert reverse.size == first.size and len(list((tmp_path / "alignments").glob("*.npz"))) == 2
 
 
-# -- the NumPy transcription of B.11.1 / B.11.2 ------------------------------------------------
-
-def np_log_softmax(x):
-    x = np.asarray(x, np.float64)
-    m = np.max(x[np.isfinite(x)])
-    return x - (m + np.log(np.sum(np.exp(x - m))))
-
-
-def np_ftrl(llm, wo, w, alpha, beta, lam, eta, T):
-    """Eq. 7 iterated T times, literally (Algorithm 1 lines 6-12), float64."""
-    base = np_log_softmax(llm)
-    delta = np_log_softmax(w) - np_log_softmax(wo)
-    player, cum = base, np.zeros_like(base)
-    for t in range(1, T + 1):
-        cum = cum + alpha * (player - base) + beta * delta
-        player = np_log_softmax((t * lam * base + cum + player / eta) / (t * lam + 1 / eta))
-    return player
-
-
-def np_candidates(table, prefix: bytes):
-    L = len(prefix)
-    ok = table.lengths >= L
-    if L:
-        ok &= np.all(table.table[:L].T == np.frombuffer(prefix, np.uint8)[None, :], axis=1)
-    key = np.where(table.lengths > L, table.table[min(L, table.table.shape[0] - 1)].astype(np.int64), COMMIT)
-    return ok, key
-
-
-def np_byte_dist(logits, table, prefix: bytes):
-    """A model's 257-outcome distribution after `prefix`, from scratch (B.11.2 step 1)."""
-    ok, key = np_candidates(table, prefix)
-    out = np.full(257, -np.inf)
-    x = np.asarray(logits, np.float64)
-    for o in np.unique(key[ok]):
-        sel = x[ok & (key == o)]
-        out[o] = sel.max() + np.log(np.sum(np.exp(sel - sel.max())))
-    return np_log_softmax(out)
-
-
-def np_live(al, prefix: bytes):
-    ok, key = np_candidates(al.llm_bytes, prefix)
-    shared = np.zeros(al.llm_bytes.lengths.shape, bool)
-    shared[al.llm_ids] = True
-    live = np.zeros(257, bool)
-    live[np.unique(key[ok & shared])] = True
-    return live
-
-
-def np_byte_walk(al, llm, wo, w, hyper):
-    """One committed token of CoSteer_byte: the shared index (B.11.2 step 2)."""
-    prefix = b""
-    llm_shared = {int(t): i for i, t in enumerate(al.llm_ids)}
-    while True:
-        d = [np_byte_dist(llm, al.llm_bytes, prefix), np_byte_dist(wo, al.slm_bytes, prefix),
-             np_byte_dist(w, al.slm_bytes, prefix)]
-        feasible = np.flatnonzero(np_live(al, prefix) & np.all([np.isfinite(x) for x in d], axis=0))
-        policy = np_ftrl(*(x[feasible] for x in d), **hyper)
-        outcome = int(feasible[np.argmax(policy)])
-        if outcome == COMMIT:
-            ok, key = np_candidates(al.llm_bytes, prefix)
-            ends = [t for t in np.flatnonzero(ok & (key == COMMIT)) if int(t) in llm_shared]
-            return llm_shared[int(max(ends, key=lambda t: (llm[t], -t)))]
-        prefix += bytes([outcome])
-
-
 def reference_decode(kind, torch_models, tokenizers, al, example, llm="qwen", slm="smol"):
-    """costeer_map / costeer_byte for one row: full forwards (no cache), NumPy policy."""
+    """The host transcription with transformers' own forward (full sequence, no cache)."""
     import torch
 
-    def last_logits(model, ids):
+    def next_logits(role, ids):
         with torch.no_grad():
-            return model(torch.tensor([ids])).logits[0, -1].double().numpy()
+            return torch_models[llm if role == "llm" else slm](torch.tensor([ids])).logits[0, -1].double().numpy()
 
-    streams = {"llm": chat_prompt_ids(tokenizers[llm], example.query),
+    prompts = {"llm": chat_prompt_ids(tokenizers[llm], example.query),
                "slm_wo": chat_prompt_ids(tokenizers[slm], example.query),
                "slm_w": chat_prompt_ids(tokenizers[slm], example.personalized_query)}
-    out = []
-    for _ in range(NEW_TOKENS):
-        x = {s: last_logits(torch_models[llm if s == "llm" else slm], ids) for s, ids in streams.items()}
-        if kind == "map":
-            i = int(np.argmax(np_ftrl(x["llm"][al.llm_ids], x["slm_wo"][al.slm_ids], x["slm_w"][al.slm_ids],
-                                      **HYPER)))
-        else:
-            i = np_byte_walk(al, x["llm"], x["slm_wo"], x["slm_w"], HYPER)
-        out.append(int(al.llm_ids[i]))
-        streams["llm"].append(int(al.llm_ids[i]))
-        streams["slm_wo"].append(int(al.slm_ids[i]))
-        streams["slm_w"].append(int(al.slm_ids[i]))
-        if i in set(al.eos_shared.tolist()):
-            break
-    return out
+    return host_decode(kind, next_logits, al, prompts, NEW_TOKENS, HYPER)
 
 
 def generate(method_name, models, llm, slm, batch_size, sampling=Sampling()):
@@ -331,3 +253,40 @@ def test_copy_guard_is_refused_with_a_reason():
 
     with pytest.raises(ValueError, match="not implemented for costeer_byte"):
         check_copy_guard("costeer_byte", 8)
+
+
+def test_per_row_hyperparameters_in_one_batch(models):
+    """One batch mixing an unsteered row (beta=0: the LLM alone) and a strongly steered
+    LightCoSteer row (T=1), as a sweep runs them, equals each configuration run alone."""
+    pair = {methods.LLM: models["qwen"], methods.SLM: models["smol"]}
+    gen = Generator(methods.get_method("costeer_byte", max_T=4), pair, max_new_tokens=NEW_TOKENS, batch_size=2,
+                    hyper=HYPER)
+    rows = [{**HYPER, "beta": 0.0}, {**HYPER, "T": 1, "beta": 30.0, "lam": 0.1}]
+    mixed = gen.run_batch([EXAMPLES[0], EXAMPLES[0]], hyper_rows=rows)[0]
+    for row, hyper in zip(mixed, rows):
+        alone = gen.run_batch([EXAMPLES[0], EXAMPLES[0]], hyper_rows=[hyper, hyper])[0][0]
+        assert row["token_ids"] == alone["token_ids"]
+    assert mixed[0]["token_ids"] != mixed[1]["token_ids"]
+
+
+def test_cli_runs_a_cross_family_pair_and_resumes(tiny_cross_models, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": e.id, "input": e.query, "personalized_input": e.personalized_query})
+                               + "\n" for e in EXAMPLES[:2]))
+    out = tmp_path / "o.jsonl"
+    cmd = [sys.executable, str(REPO_ROOT / "experiments" / "generate.py"), "--method=costeer_map",
+           f"--llm={tiny_cross_models['qwen']}", f"--slm={tiny_cross_models['smol']}", f"--prompts_file={prompts}",
+           "--max_new_tokens=4", "--batch_size=2", f"--output={out}", "--progress=false", "--record_cloud_view"]
+    subprocess.run(cmd + ["--limit=1"], check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b"]
+    assert all(r["cloud_view"] == r["token_ids"] and r["token_ids"] for r in rows)
+    bad = subprocess.run(cmd + ["--copy_guard=8"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "not implemented for costeer_map" in bad.stderr
