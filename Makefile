@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := wordnet-base wordnet-sense-index
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv apt test test-all demo demo-pair bench clean
+.PHONY: venv apt test test-all demo demo-pair demo-cross bench clean
 
 venv: $(VENV)/.installed .nltk_data/corpora/wordnet/lexnames
 
@@ -42,6 +42,11 @@ demo: venv
 # The real pair: Qwen2.5-Coder-1.5B steered by Qwen2.5-Coder-0.5B (first run converts both, ~1 min).
 demo-pair: venv
 	$(PY) experiments/demo.py --llm=qwen2.5-coder-1.5b-instruct --slm=qwen2.5-coder-0.5b-instruct
+
+# A cross-family pair (different tokenizers): Qwen2.5-Coder-1.5B steered by SmolLM2-135M.
+demo-cross: venv
+	$(PY) experiments/demo.py --llm=qwen2.5-coder-1.5b-instruct --slm=smollm2-135m-instruct \
+	  --methods=llm_wo,llm_w,slm_w,costeer_map,costeer_byte --max_new_tokens=32
 
 bench: venv
 	$(PY) benchmarks/bench_decode.py

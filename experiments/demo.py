@@ -7,6 +7,8 @@ acceptance rate and mean accepted length).
   make demo       SmolLM2-135M-Instruct as both LLM and SLM (quick; a degenerate pair: the SLM
                   without context *is* the LLM, so SpecSteer accepts every draft)
   make demo-pair  the real pair: Qwen2.5-Coder-1.5B-Instruct steered by Qwen2.5-Coder-0.5B-Instruct
+  make demo-cross a cross-family pair: Qwen2.5-Coder-1.5B-Instruct steered by SmolLM2-135M-Instruct
+                  (another tokenizer) with CoSteer_map and CoSteer_byte
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ run_setup.define_compilation_cache_flag()
 
 LABELS = {"llm_wo": "LLM w/o", "llm_w": "LLM w/ (sees the context)", "slm_w": "SLM w/",
           "costeer": "CoSteer", "light_costeer": "LightCoSteer", "ada_costeer": "AdaCoSteer",
-          "slm_wo": "SLM w/o", "cs": "LA/CS", "specsteer": "SpecSteer (K=4, lambda=0.5)", "sd": "spec. decoding"}
+          "slm_wo": "SLM w/o", "cs": "LA/CS", "specsteer": "SpecSteer (K=4, lambda=0.5)", "sd": "spec. decoding",
+          "costeer_map": "CoSteer_map (shared tokens)", "costeer_byte": "CoSteer_byte (byte space)"}
 
 
 def main(argv):
@@ -50,7 +53,7 @@ def main(argv):
     print(f"loading LLM {FLAGS.llm} and SLM {slm_name} ...", file=sys.stderr)
     llm = load_model_cached(FLAGS.llm)
     models = {methods.LLM: llm, methods.SLM: llm if slm_name == FLAGS.llm else load_model_cached(slm_name)}
-    outputs, speed = {}, {}
+    outputs, speed, alignment = {}, {}, None
     for name in FLAGS.methods:
         gen = Generator(methods.get_method(name), models, max_new_tokens=FLAGS.max_new_tokens,
                         batch_size=len(examples))
@@ -58,6 +61,7 @@ def main(argv):
         rows, stats = gen.run_batch(examples)
         seconds = time.perf_counter() - t0 - gen.compile_seconds
         outputs[name] = {r["id"]: r for r in rows}
+        alignment = gen.alignment if gen.alignment is not None else alignment
         tokens = sum(len(r["token_ids"]) for r in rows)
         extra = ""
         if "steered_tokens" in stats:
@@ -80,6 +84,10 @@ def main(argv):
                                 subsequent_indent=" " * 31))
     print("=" * width)
     print(f"LLM {FLAGS.llm}, SLM {slm_name}")
+    if alignment is not None:
+        summary = alignment.summary(len(llm.tokenizer), len(models[methods.SLM].tokenizer))
+        print(f"different tokenizers: {summary['shared_normal_tokens']} tokens shared by bytes "
+              f"({summary['llm_share_kept']:.0%} of the LLM's, {summary['slm_share_kept']:.0%} of the SLM's)")
     for name, (tokens, seconds, compile_s, extra) in speed.items():
         print(f"{LABELS.get(name, name):>26}: {tokens} tokens in {seconds:.2f} s "
               f"({tokens / max(seconds, 1e-9):.1f} tok/s, batch {len(examples)}; compile {compile_s:.1f} s{extra})")
