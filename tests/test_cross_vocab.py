@@ -248,11 +248,35 @@ def test_costeer_map_equals_costeer_with_one_tokenizer(tiny_chat_models):
     assert rows["costeer"] == rows["costeer_map"]
 
 
-def test_copy_guard_is_refused_with_a_reason():
+def test_copy_guard_on_shared_tokens(models):
+    """costeer_map's guard works on the shared tokens of the SLM's tokenization of the context.
+    With beta=0 the output ignores the context, so a context that contains the unguarded output
+    is copied unless guarded; guarded, no live context trigram is ever completed."""
+    pair = {methods.LLM: models["qwen"], methods.SLM: models["smol"]}
+    hyper = {**HYPER, "beta": 0.0}
+    plain = Generator(methods.get_method("costeer_map", max_T=4), pair, max_new_tokens=8, batch_size=1, hyper=hyper)
+    first = plain.run_batch([EXAMPLES[0]])[0][0]
+    copied = Example("copy", EXAMPLES[0].query, f"My notes: {first['output']}. {EXAMPLES[0].query}")
+    assert plain.run_batch([copied])[0][0]["token_ids"] == first["token_ids"]
+    guarded = Generator(methods.get_method("costeer_map", max_T=4), pair, max_new_tokens=8, batch_size=1,
+                        hyper=hyper, copy_guard=3)
+    out = guarded.run_batch([copied])[0][0]["token_ids"]
+    assert out != first["token_ids"]
+    guard = guarded._guard([copied])
+    to_shared = {int(t): i for i, t in enumerate(guarded.alignment.llm_ids)}
+    ids = [to_shared[t] for t in out]
+    windows = {(tuple(p), int(n)) for p, n, live in zip(np.asarray(guard.prefixes[0]), np.asarray(guard.next_tokens[0]),
+                                                        np.asarray(guard.live[0])) if live}
+    assert windows
+    assert not any((tuple(ids[i:i + 2]), ids[i + 2]) in windows for i in range(len(ids) - 2))
+
+
+def test_copy_guard_is_refused_for_the_byte_walk():
     from costeer_jax.decoding.runner import check_copy_guard
 
     with pytest.raises(ValueError, match="not implemented for costeer_byte"):
         check_copy_guard("costeer_byte", 8)
+    check_copy_guard("costeer_map", 8)
 
 
 def test_per_row_hyperparameters_in_one_batch(models):
@@ -288,5 +312,6 @@ def test_cli_runs_a_cross_family_pair_and_resumes(tiny_cross_models, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == ["a", "b"]
     assert all(r["cloud_view"] == r["token_ids"] and r["token_ids"] for r in rows)
-    bad = subprocess.run(cmd + ["--copy_guard=8"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "not implemented for costeer_map" in bad.stderr
+    bad = subprocess.run([c.replace("costeer_map", "costeer_byte") for c in cmd] + ["--copy_guard=8"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "not implemented for costeer_byte" in bad.stderr

@@ -19,8 +19,8 @@ import numpy as np
 from costeer_jax import privacy
 from costeer_jax.decoding import engine, speculative
 from costeer_jax.decoding.hyperparams import check_hyper, check_sampling
-from costeer_jax.decoding.methods import (CROSS_VOCAB_METHOD_NAMES, LLM, PERSONALIZED, SLM, SLM_SFT, STREAMS,
-                                          Method, hyper_arrays, steering_active)
+from costeer_jax.decoding.methods import (LLM, PERSONALIZED, SLM, SLM_SFT, STREAMS, Method, hyper_arrays,
+                                          steering_active)
 from costeer_jax.models.cache import round_up
 from costeer_jax.models.chat import chat_prompt_ids, check_same_vocabulary, eos_token_ids
 from costeer_jax.models.loading import LoadedModel
@@ -93,6 +93,9 @@ def build_layout(method: Method, models: dict[str, LoadedModel]):
     return layout, [m for m, _ in groups]
 
 
+UNSHARED = -2  # a context token the other vocabulary lacks (never equals a shared index or NO_TOKEN)
+
+
 def cross_vocab_bridge(method: Method, models: dict[str, LoadedModel], layout: engine.StreamLayout):
     """The vocabulary alignment of the LLM and SLM (cached per pair) and the engine's bridge for
     costeer_map / costeer_byte."""
@@ -122,9 +125,9 @@ def check_copy_guard(method_name: str, n: int) -> None:
     if n and method_name in ("llm_wo", "llm_w"):
         raise ValueError(f"--copy_guard guards the edge's token choices; {method_name} decodes in the "
                          "cloud (llm_w already sends the private context): use a steering method")
-    if n and method_name in CROSS_VOCAB_METHOD_NAMES:
-        raise ValueError(f"--copy_guard is not implemented for {method_name} (the guard compares token ids of one "
-                         "tokenizer); run it without the guard, or use a same-tokenizer pair with costeer")
+    if n and method_name == "costeer_byte":
+        raise ValueError("--copy_guard is not implemented for costeer_byte (its choice is a byte walk, not a "
+                         "token distribution); use costeer_map, whose guard works on the shared tokens")
     if n < 0 or n == 1:
         raise ValueError(f"--copy_guard={n} is out of range: N counts the tokens of a copy, in [2, inf) "
                          "(0 turns the guard off)")
@@ -296,9 +299,20 @@ class Generator:
         """The copy guard's windows over each row's private context, in the shared tokenization."""
         if not self.copy_guard:
             return None
-        encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)
-        return build_copy_guard([encode(e.personalized_query) for e in padded],
-                                           [encode(e.query) for e in padded], self.copy_guard)
+        if self.alignment is None:
+            encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)
+            return build_copy_guard([encode(e.personalized_query) for e in padded],
+                                    [encode(e.query) for e in padded], self.copy_guard)
+        # costeer_map: the edge's (SLM's) tokens of the context, as shared indices; a window over
+        # a token the LLM lacks can never be completed in the shared space, so it is dropped.
+        slm_tokenizer = self.models[SLM].tokenizer
+        shared = {int(t): i for i, t in enumerate(self.alignment.slm_ids)}
+        encode = lambda text: [shared.get(t, UNSHARED) for t in slm_tokenizer.encode(text, add_special_tokens=False)]
+        guard = build_copy_guard([encode(e.personalized_query) for e in padded], [encode(e.query) for e in padded],
+                                 self.copy_guard)
+        reachable = np.all(np.asarray(guard.prefixes) != UNSHARED, axis=-1) & (np.asarray(guard.next_tokens) >= 0)
+        return guard._replace(live=jnp.asarray(np.asarray(guard.live) & reachable),
+                              next_tokens=jnp.asarray(np.where(reachable, guard.next_tokens, 0), jnp.int32))
 
     def _sampling_args(self, padded: list) -> tuple:
         s = self.sampling
