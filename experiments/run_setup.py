@@ -173,6 +173,10 @@ def load_models(method, mesh=None):
 def speculative_options(method_name: str):
     from costeer_jax.decoding.methods import SPECULATIVE_METHOD_NAMES, SpeculativeOptions
 
+    if method_name == "specsteer_cross":
+        if FLAGS.K < 1:
+            raise app.UsageError("--K must be >= 1")
+        return SpeculativeOptions(num_draft=FLAGS.K)
     if method_name not in SPECULATIVE_METHOD_NAMES:
         return None
     if FLAGS.K < 1 or FLAGS.downlink_topk < 0:

@@ -12,8 +12,8 @@ from costeer_jax.decoding import methods
 from costeer_jax.decoding.runner import Generator, Sampling
 from costeer_jax.models.chat import chat_prompt_ids, eos_token_ids
 from costeer_jax.models.vocab_alignment import align_vocabularies, compute_alignment
-from costeer_jax.steering.cross_vocab_host import (COMMIT, host_decode, np_byte_dist, np_candidates, np_ftrl,
-                                                   np_live, np_log_softmax)
+from costeer_jax.steering.cross_vocab_host import (COMMIT, host_decode, host_specsteer_cross, np_byte_dist,
+                                                   np_candidates, np_ftrl, np_live, np_log_softmax)
 
 HYPER = {"alpha": 2.0, "beta": 1.0, "lam": 2.0, "eta": 10.0, "T": 4}
 EXAMPLES = [
@@ -315,3 +315,49 @@ def test_cli_runs_a_cross_family_pair_and_resumes(tiny_cross_models, tmp_path):
     bad = subprocess.run([c.replace("costeer_map", "costeer_byte") for c in cmd] + ["--copy_guard=8"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "not implemented for costeer_byte" in bad.stderr
+
+
+# -- cross-architecture SpecSteer ----------------------------------------------------------------
+
+def test_specsteer_cross_equals_the_host_transcription(models, tokenizers, tiny_cross_models):
+    """Greedy tokens of the host-stepped kernel equal A.4 run per row on full forwards. Row a's
+    lambda = 1e-30 lets chunks of these random models pass, row b's 0.5 rejects most: both
+    branches, accept and recover, run in one batch."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_models = {k: AutoModelForCausalLM.from_pretrained(v).eval() for k, v in tiny_cross_models.items()}
+    lams = [1e-30, 0.5]
+    for llm, slm in (("qwen", "smol"), ("smol", "qwen")):
+        pair = {methods.LLM: models[llm], methods.SLM: models[slm]}
+        gen = Generator(methods.get_method("specsteer_cross"), pair, max_new_tokens=8, batch_size=2)
+        rows, stats = gen.run_batch(EXAMPLES[:2], hyper_rows=[{"spec_lambda": lam} for lam in lams])
+        al = gen.alignment
+
+        def next_logits(role, ids, llm=llm, slm=slm):
+            with torch.no_grad():
+                model = torch_models[llm if role == "llm" else slm]
+                return model(torch.tensor([ids])).logits[0, -1].double().numpy()
+
+        encode = lambda text, llm=llm: tokenizers[llm].encode(text, add_special_tokens=False)
+        for row, ex, lam in zip(rows, EXAMPLES[:2], lams):
+            prompts = {"llm": chat_prompt_ids(tokenizers[llm], ex.query),
+                       "slm_wo": chat_prompt_ids(tokenizers[slm], ex.query),
+                       "slm_w": chat_prompt_ids(tokenizers[slm], ex.personalized_query)}
+            want = host_specsteer_cross(next_logits, al, prompts, encode, 4, lam, 1.0, 8)
+            assert row["token_ids"] == want, (llm, ex.id)
+        assert stats["accepted_tokens"] > 0 and stats["recovered_tokens"] > 0, stats
+
+
+def test_specsteer_cross_batch_invariance(models):
+    pair = {methods.LLM: models["qwen"], methods.SLM: models["smol"]}
+    for sampling in (Sampling(), Sampling(greedy=False, temperature=0.8, seed=2)):
+        out = {}
+        for batch in (3, 1):
+            gen = Generator(methods.get_method("specsteer_cross"), pair, max_new_tokens=6, batch_size=batch,
+                            sampling=sampling, hyper={"spec_lambda": 1e-12})
+            rows = []
+            for i in range(0, 3, batch):
+                rows += gen.run_batch(EXAMPLES[i:i + batch])[0]
+            out[batch] = {r["id"]: r["token_ids"] for r in rows}
+        assert out[3] == out[1], sampling

@@ -40,7 +40,7 @@ DEFAULT_HYPER = {
 }
 
 SPECULATIVE_METHOD_NAMES = ("specsteer", "sd")
-CROSS_VOCAB_METHOD_NAMES = ("costeer_map", "costeer_byte")
+CROSS_VOCAB_METHOD_NAMES = ("costeer_map", "costeer_byte", "specsteer_cross")
 DRAFTER_STREAMS = ("slm_w", "slm_wo", "sft_wo", "sft_w")
 
 
@@ -76,8 +76,10 @@ class Method:
     # Set for the Draft-Verify methods (specsteer, sd): they have no per-token policy.
     speculative: SpeculativeOptions | None = None
     # Models of different tokenizers: "map" (fusion on the shared tokens) or "byte" (in byte
-    # space); the policy then takes the engine's TokenBridge aux and sampler (engine.py).
+    # space): the policy then takes the engine's TokenBridge aux and sampler (engine.py);
+    # "speculative": specsteer_cross, run by decoding/cross_speculative.py (no policy).
     cross_vocab: str | None = None
+    cross_spec: SpeculativeOptions | None = None  # specsteer_cross: K (the other options do not apply)
 
 
 def _log_softmax(x):
@@ -178,6 +180,12 @@ def get_method(name: str, max_T: int = 20, speculative: SpeculativeOptions | Non
         return Method(name, ("llm", "slm_wo", "slm_w"), _fuse, ("spec_beta",),
                       description="fuse: SpecSteer's Eq. 8 on every token, h_LLM + beta (h_SLM+ - h_SLM-) "
                                   "(the SpecSteer paper's 'LightCoSteer' row)")
+    if name == "specsteer_cross":
+        options = speculative or SpeculativeOptions()
+        return Method(name, ("llm", "slm_wo", "slm_w"), None, ("spec_lambda", "spec_beta"), cross_vocab="speculative",
+                      cross_spec=options,
+                      description=f"SpecSteer across tokenizers (A.4): SLM+ drafts K={options.num_draft} in its tokens, "
+                                  "LLM and SLM- verify the text in theirs, recovery in byte space")
     if name in CROSS_VOCAB_METHOD_NAMES:
         kind = name.split("_")[1]
         policy = _costeer_map if kind == "map" else _costeer_byte

@@ -228,6 +228,8 @@ class Generator:
         s = self.sampling
         if self.spec is not None:
             return self._run_speculative(examples, padded, prompts, hyper, widths, ids)
+        if self.method.cross_vocab == "speculative":
+            return self._run_cross_speculative(examples, padded, prompts, hyper, widths, ids)
         params = (tuple(m.params for m in self.group_models),)
         guard = self._guard(padded)
         group_adapters, adapter_names = self._group_adapters(padded)
@@ -359,6 +361,26 @@ class Generator:
                                        ("speculative", tuple(widths.items()), static["cache_lens"], _guard_width(guard),
                                         params_draft is not None, _adapters_signature(draft_adapters)))
         rows, stats = self._rows(examples, result, ids, adapter_names)
+        for row in rows:
+            row.update(speculative.stats_summary(row, len(row["token_ids"])))
+        return rows, stats
+
+    def _run_cross_speculative(self, examples, padded, prompts, hyper, widths, ids):
+        """specsteer_cross: the host-stepped Draft-Verify loop across tokenizers, same row format.
+        Its pieces compile on first use, inside the first batch's time."""
+        from costeer_jax.decoding import cross_speculative
+
+        k = self.method.cross_spec.num_draft
+        slm_width = max(widths.get("slm_wo", widths["llm"]), widths["slm_w"])
+        # The edge's streams grow by SLM tokens: room for 4 per LLM token of the budget.
+        cache_lens = (round_up(widths["llm"] + self.max_new_tokens + 2 * k + 9, 16),
+                      round_up(slm_width + 4 * self.max_new_tokens + k + 2, 16))
+        keys, _, temperature, top_p = self._sampling_args(padded)
+        streams = {"llm": prompts["llm"], "slm_wo": prompts.get("slm_wo", prompts["llm"]), "slm_w": prompts["slm_w"]}
+        result = cross_speculative.decode(
+            self.models[LLM], self.models[SLM], self.alignment, self.bridge.aux, streams, hyper, keys, temperature,
+            top_p, num_draft=k, max_new_tokens=self.max_new_tokens, greedy=self.sampling.greedy, cache_lens=cache_lens)
+        rows, stats = self._rows(examples, result, ids)
         for row in rows:
             row.update(speculative.stats_summary(row, len(row["token_ids"])))
         return rows, stats

@@ -135,10 +135,19 @@ def choose_outcome(log_probs: jax.Array, sampler: Sampler | None, draw: jax.Arra
     return jax.vmap(one_row)(log_probs, keys, sampler.temperature, sampler.top_p)
 
 
-def costeer_byte_step(llm_logits, slm_wo_logits, slm_w_logits, bridge: ByteBridge, hyper: dict, max_T: int,
-                      sampler: Sampler | None = None):
-    """One committed token of CoSteer_byte for every row: the byte walk from the empty prefix to
-    COMMIT. Returns (shared index [B] int32 of the committed token, bytes walked [B] int32)."""
+def fused_byte_recovery(llm, slm_wo, slm_w, live, beta) -> jax.Array:
+    """SpecSteer's recovery (Eq. 8) over the byte outcomes, renormalised over the live ones:
+    log_softmax(h_LLM + beta (h_SLM+ - h_SLM-)) with h the byte log-distributions (A.4)."""
+    feasible = live & jnp.isfinite(llm) & jnp.isfinite(slm_wo) & jnp.isfinite(slm_w)
+    safe = lambda x: jnp.where(feasible, x, 0.0)
+    fused = safe(llm) + jnp.asarray(beta, jnp.float32).reshape(-1, 1) * (safe(slm_w) - safe(slm_wo))
+    return jax.nn.log_softmax(jnp.where(feasible, fused, NEG_INF), axis=-1)
+
+
+def byte_walk(llm_logits, slm_wo_logits, slm_w_logits, bridge: ByteBridge, fuse, sampler: Sampler | None = None):
+    """One committed token for every row: the byte walk from the empty prefix to COMMIT, each
+    byte chosen from fuse(llm, slm_wo, slm_w, live) over the three byte distributions. Returns
+    (shared index [B] int32 of the committed token, bytes walked + 1 [B] int32)."""
     batch = llm_logits.shape[0]
     llm_logits, slm_wo_logits, slm_w_logits = f32(llm_logits), f32(slm_wo_logits), f32(slm_w_logits)
     max_steps = bridge.llm.table.shape[0] + 1
@@ -160,9 +169,7 @@ def costeer_byte_step(llm_logits, slm_wo_logits, slm_w_logits, bridge: ByteBridg
         llm = byte_log_probs(llm_logits, w.cand_llm, keys_llm)
         wo = byte_log_probs(slm_wo_logits, w.cand_slm, keys_slm)
         with_context = byte_log_probs(slm_w_logits, w.cand_slm, keys_slm)
-        live = live_outcomes(w.cand_llm, bridge.llm_shared, keys_llm)
-        policy = fused_byte_policy(llm, wo, with_context, live, hyper["alpha"], hyper["beta"], hyper["lam"],
-                                   hyper["eta"], hyper["T"], max_T)
+        policy = fuse(llm, wo, with_context, live_outcomes(w.cand_llm, bridge.llm_shared, keys_llm))
         outcome = choose_outcome(policy, sampler, w.i)
         commit = ~w.done & (outcome == COMMIT)
         ends_here = w.cand_llm & (keys_llm == COMMIT) & (bridge.llm_shared >= 0)[None, :]
@@ -179,6 +186,15 @@ def costeer_byte_step(llm_logits, slm_wo_logits, slm_w_logits, bridge: ByteBridg
     return final.choice, final.prefix_len + 1
 
 
+def costeer_byte_step(llm_logits, slm_wo_logits, slm_w_logits, bridge: ByteBridge, hyper: dict, max_T: int,
+                      sampler: Sampler | None = None):
+    """CoSteer_byte's committed token for every row: the byte walk under CoSteer's FTRL policy."""
+    fuse = lambda llm, wo, w, live: fused_byte_policy(llm, wo, w, live, hyper["alpha"], hyper["beta"], hyper["lam"],
+                                                      hyper["eta"], hyper["T"], max_T)
+    return byte_walk(llm_logits, slm_wo_logits, slm_w_logits, bridge, fuse, sampler)
+
+
 __all__ = ["COMMIT", "OUTCOMES", "ByteBridge", "ByteTables", "Sampler", "byte_log_probs", "choose_outcome",
-           "costeer_byte_step", "costeer_map_policy", "fused_byte_policy", "gather_shared", "initial_candidates",
+           "byte_walk", "costeer_byte_step", "costeer_map_policy", "fused_byte_policy", "fused_byte_recovery",
+           "gather_shared", "initial_candidates",
            "live_outcomes", "next_byte_keys"]

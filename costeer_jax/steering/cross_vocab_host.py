@@ -63,15 +63,19 @@ def np_live(al: VocabAlignment, prefix: bytes):
     return live
 
 
-def np_byte_walk(al: VocabAlignment, llm, wo, w, hyper: dict) -> int:
-    """One committed token of CoSteer_byte, greedy: its shared index (B.11.2 step 2)."""
+def np_byte_walk(al: VocabAlignment, llm, wo, w, hyper: dict, recovery_beta: float | None = None) -> int:
+    """One committed token of CoSteer_byte, greedy: its shared index (B.11.2 step 2). With
+    recovery_beta, SpecSteer's Eq. 8 in byte space instead of FTRL (A.4)."""
     prefix = b""
     llm_shared = {int(t): i for i, t in enumerate(al.llm_ids)}
     while True:
         d = [np_byte_dist(llm, al.llm_bytes, prefix), np_byte_dist(wo, al.slm_bytes, prefix),
              np_byte_dist(w, al.slm_bytes, prefix)]
         feasible = np.flatnonzero(np_live(al, prefix) & np.all([np.isfinite(x) for x in d], axis=0))
-        policy = np_ftrl(*(x[feasible] for x in d), **hyper)
+        if recovery_beta is None:
+            policy = np_ftrl(*(x[feasible] for x in d), **hyper)
+        else:
+            policy = d[0][feasible] + recovery_beta * (d[2][feasible] - d[1][feasible])
         outcome = int(feasible[np.argmax(policy)])
         if outcome == COMMIT:
             ok, key = np_candidates(al.llm_bytes, prefix)
@@ -101,3 +105,48 @@ def host_decode(kind: str, next_logits: Callable[[str, list[int]], np.ndarray], 
         if i in ends:
             break
     return out
+
+
+def host_specsteer_cross(next_logits, al: VocabAlignment, prompts: dict[str, Sequence[int]], llm_encode,
+                         num_draft: int, lam: float, beta: float, max_new_tokens: int) -> list[int]:
+    """Cross-tokenizer SpecSteer (SpecSteer A.4) for one row, greedy, no cache: SLM+ drafts K,
+    the LLM and SLM- score the segment token by token over whole sequences, chunks pass while
+    P_LLM >= lambda P_SLM-, the first failing boundary recovers by Eq. 8 in byte space. The
+    segmentation (decoding/cross_speculative.segment_draft) is the method's definition and is
+    shared; every probability and decision here is recomputed from full forwards in NumPy."""
+    from costeer_jax.decoding.cross_speculative import segment_draft
+
+    llm, wo, w = (list(prompts[k]) for k in ("llm", "slm_wo", "slm_w"))
+    slm_eos = set(int(t) for t in al.slm_ids[al.eos_shared])
+    llm_eos = int(al.llm_ids[al.eos_shared[0]])
+    ends = set(al.eos_shared.tolist())
+    logp = lambda role, seq, token: float(np_log_softmax(next_logits(role, seq))[token])
+    out: list[int] = []
+    while len(out) < max_new_tokens:
+        drafts = []
+        for _ in range(num_draft):
+            drafts.append(int(np.argmax(next_logits("slm", w + drafts))))
+        seg = segment_draft(drafts, al.slm_bytes, slm_eos, llm_encode, al.llm_bytes, llm_eos, 2 * num_draft + 8)
+        at_s, at_l = 0, 0
+        for s_end, l_end in seg.boundaries:
+            p_llm = sum(logp("llm", llm + seg.llm_tokens[:j], seg.llm_tokens[j]) for j in range(at_l, l_end))
+            p_wo = sum(logp("slm", wo + seg.slm_tokens[:j], seg.slm_tokens[j]) for j in range(at_s, s_end))
+            if p_llm < np.log(lam) + p_wo:
+                break
+            at_s, at_l = s_end, l_end
+        out += seg.llm_tokens[:at_l]
+        llm += seg.llm_tokens[:at_l]
+        wo += seg.slm_tokens[:at_s]
+        w += seg.slm_tokens[:at_s]
+        if at_l and seg.llm_tokens[at_l - 1] == llm_eos:
+            break
+        if at_s < num_draft:
+            i = np_byte_walk(al, next_logits("llm", llm), next_logits("slm", wo), next_logits("slm", w), {},
+                             recovery_beta=beta)
+            out.append(int(al.llm_ids[i]))
+            llm.append(int(al.llm_ids[i]))
+            wo.append(int(al.slm_ids[i]))
+            w.append(int(al.slm_ids[i]))
+            if i in ends:
+                break
+    return out[:max_new_tokens]
