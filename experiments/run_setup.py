@@ -208,6 +208,8 @@ def static_config(generator, method_name: str) -> dict:
     context = context_options()
     if not context.is_default:
         config.update(context.as_config())
+    if generator.method.cross_spec is not None:
+        config["K"] = generator.method.cross_spec.num_draft
     if generator.spec is not None:
         config.update(K=generator.spec.num_draft, bonus_token=generator.spec.bonus,
                       threshold_acceptance=generator.spec.threshold_acceptance,

@@ -120,7 +120,7 @@ def test_greedy_tokens_equal_the_host_transcription(kind, models, tokenizers, ti
         assert ours[ex.id]["output"] == tokenizers["qwen"].decode(ours[ex.id]["token_ids"], skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("kind", ["map", "byte"])
+@pytest.mark.parametrize("kind", [pytest.param("map", marks=pytest.mark.slow), "byte"])
 def test_batch_invariance_across_tokenizers(kind, models):
     for sampling in (Sampling(), Sampling(greedy=False, temperature=0.8, seed=5)):
         batched = generate(f"costeer_{kind}", models, "smol", "qwen", batch_size=3, sampling=sampling)
@@ -319,7 +319,8 @@ def test_cli_runs_a_cross_family_pair_and_resumes(tiny_cross_models, tmp_path):
 
 # -- cross-architecture SpecSteer ----------------------------------------------------------------
 
-def test_specsteer_cross_equals_the_host_transcription(models, tokenizers, tiny_cross_models):
+@pytest.mark.parametrize("llm,slm", [("qwen", "smol"), pytest.param("smol", "qwen", marks=pytest.mark.slow)])
+def test_specsteer_cross_equals_the_host_transcription(llm, slm, models, tokenizers, tiny_cross_models):
     """Greedy tokens of the host-stepped kernel equal A.4 run per row on full forwards. Row a's
     lambda = 1e-30 lets chunks of these random models pass, row b's 0.5 rejects most: both
     branches, accept and recover, run in one batch."""
@@ -328,25 +329,24 @@ def test_specsteer_cross_equals_the_host_transcription(models, tokenizers, tiny_
 
     torch_models = {k: AutoModelForCausalLM.from_pretrained(v).eval() for k, v in tiny_cross_models.items()}
     lams = [1e-30, 0.5]
-    for llm, slm in (("qwen", "smol"), ("smol", "qwen")):
-        pair = {methods.LLM: models[llm], methods.SLM: models[slm]}
-        gen = Generator(methods.get_method("specsteer_cross"), pair, max_new_tokens=8, batch_size=2)
-        rows, stats = gen.run_batch(EXAMPLES[:2], hyper_rows=[{"spec_lambda": lam} for lam in lams])
-        al = gen.alignment
+    pair = {methods.LLM: models[llm], methods.SLM: models[slm]}
+    gen = Generator(methods.get_method("specsteer_cross"), pair, max_new_tokens=8, batch_size=2)
+    rows, stats = gen.run_batch(EXAMPLES[:2], hyper_rows=[{"spec_lambda": lam} for lam in lams])
+    al = gen.alignment
 
-        def next_logits(role, ids, llm=llm, slm=slm):
-            with torch.no_grad():
-                model = torch_models[llm if role == "llm" else slm]
-                return model(torch.tensor([ids])).logits[0, -1].double().numpy()
+    def next_logits(role, ids):
+        with torch.no_grad():
+            model = torch_models[llm if role == "llm" else slm]
+            return model(torch.tensor([ids])).logits[0, -1].double().numpy()
 
-        encode = lambda text, llm=llm: tokenizers[llm].encode(text, add_special_tokens=False)
-        for row, ex, lam in zip(rows, EXAMPLES[:2], lams):
-            prompts = {"llm": chat_prompt_ids(tokenizers[llm], ex.query),
-                       "slm_wo": chat_prompt_ids(tokenizers[slm], ex.query),
-                       "slm_w": chat_prompt_ids(tokenizers[slm], ex.personalized_query)}
-            want = host_specsteer_cross(next_logits, al, prompts, encode, 4, lam, 1.0, 8)
-            assert row["token_ids"] == want, (llm, ex.id)
-        assert stats["accepted_tokens"] > 0 and stats["recovered_tokens"] > 0, stats
+    encode = lambda text: tokenizers[llm].encode(text, add_special_tokens=False)
+    for row, ex, lam in zip(rows, EXAMPLES[:2], lams):
+        prompts = {"llm": chat_prompt_ids(tokenizers[llm], ex.query),
+                   "slm_wo": chat_prompt_ids(tokenizers[slm], ex.query),
+                   "slm_w": chat_prompt_ids(tokenizers[slm], ex.personalized_query)}
+        want = host_specsteer_cross(next_logits, al, prompts, encode, 4, lam, 1.0, 8)
+        assert row["token_ids"] == want, (llm, ex.id)
+    assert stats["accepted_tokens"] > 0 and stats["recovered_tokens"] > 0, stats
 
 
 def test_specsteer_cross_batch_invariance(models):
