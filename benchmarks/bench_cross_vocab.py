@@ -27,9 +27,9 @@ flags.DEFINE_list("batches", ["1", "8"], "Batch sizes of ours.")
 flags.DEFINE_integer("max_new_tokens", 32, "Tokens per example (ours).")
 flags.DEFINE_integer("host_examples", 2, "Examples of the host transcription per method.")
 flags.DEFINE_integer("host_tokens", 12, "Tokens per example of the host transcription.")
-flags.DEFINE_list("methods", ["costeer_map", "costeer_byte"], "Methods.")
+flags.DEFINE_list("methods", ["costeer_map", "costeer_byte", "specsteer_cross"], "Methods.")
 
-HYPER = {"alpha": 2.0, "beta": 1.0, "lam": 2.0, "eta": 10.0, "T": 20}
+HYPER = {"alpha": 2.0, "beta": 1.0, "lam": 2.0, "eta": 10.0, "T": 20, "spec_lambda": 0.5, "spec_beta": 1.0}
 
 
 def host_throughput(kind: str, pair: dict, alignment, examples) -> dict:
@@ -40,7 +40,7 @@ def host_throughput(kind: str, pair: dict, alignment, examples) -> dict:
     from costeer_jax.decoding import methods
     from costeer_jax.models.chat import chat_prompt_ids
     from costeer_jax.models.loading import resolve_model
-    from costeer_jax.steering.cross_vocab_host import host_decode
+    from costeer_jax.steering.cross_vocab_host import host_decode, host_specsteer_cross
 
     transformers.utils.logging.disable_progress_bar()
     torch_models = {}
@@ -58,7 +58,14 @@ def host_throughput(kind: str, pair: dict, alignment, examples) -> dict:
     for e in examples:
         prompts = {"llm": chat_prompt_ids(llm_tok, e.query), "slm_wo": chat_prompt_ids(slm_tok, e.query),
                    "slm_w": chat_prompt_ids(slm_tok, e.personalized_query)}
-        tokens += len(host_decode(kind, next_logits, alignment, prompts, FLAGS.host_tokens, HYPER))
+        if kind == "cross":
+            encode = lambda text: llm_tok.encode(text, add_special_tokens=False)
+            out = host_specsteer_cross(next_logits, alignment, prompts, encode, 4, HYPER["spec_lambda"],
+                                       HYPER["spec_beta"], FLAGS.host_tokens)
+        else:
+            steering = {k: HYPER[k] for k in ("alpha", "beta", "lam", "eta", "T")}
+            out = host_decode(kind, next_logits, alignment, prompts, FLAGS.host_tokens, steering)
+        tokens += len(out)
     seconds = time.perf_counter() - t0
     del torch_models
     return {"tokens": tokens, "seconds": round(seconds, 2), "tokens_per_s": round(tokens / seconds, 3)}
@@ -101,6 +108,10 @@ def main(argv):
                             hyper=HYPER)
             examples = bench_examples(batch)
             figures = time_generator(gen, examples)
+            if name == "specsteer_cross":  # one more pass: the share of its host steps in it
+                gen.host_seconds, t0 = 0.0, time.perf_counter()
+                gen.run_batch(examples)
+                figures["host_step_share"] = round(gen.host_seconds / (time.perf_counter() - t0), 3)
             steps = FLAGS.max_new_tokens  # upper bound; rows that end early make the share an underestimate
             figures["step_seconds"] = round(figures["seconds"] / steps, 4)
             report["ours"][f"{name}@{batch}"] = figures

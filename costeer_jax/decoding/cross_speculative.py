@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import NamedTuple, Sequence
 
 import jax
@@ -167,6 +168,7 @@ class CrossResult:
     finite: np.ndarray
     cloud_tokens: np.ndarray  # [B, C] LLM ids the cloud received
     cloud_counts: np.ndarray
+    host_seconds: float = 0.0  # wall time of the host steps (segmenting, accepting, committing)
 
 
 def decode(llm, slm, alignment: VocabAlignment, bridge: cross_vocab.ByteBridge, prompts: dict, hyper: dict,
@@ -194,7 +196,7 @@ def decode(llm, slm, alignment: VocabAlignment, bridge: cross_vocab.ByteBridge, 
              "byte_steps")
     stats = {n: np.zeros(batch, np.int64) for n in names}
     ends = set(alignment.eos_shared.tolist())
-    iteration = 0
+    iteration, host_seconds = 0, 0.0
     while not done.all():
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, iteration)
         draft_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 0)
@@ -202,6 +204,7 @@ def decode(llm, slm, alignment: VocabAlignment, bridge: cross_vocab.ByteBridge, 
         drafts, w_seq, cache_w = draft(slm.params, slm.cfg, cache_w, next_w, draft_keys, temperature, top_p,
                                        num_draft=num_draft, greedy=greedy)
         drafts_host = np.asarray(drafts)
+        t0 = time.perf_counter()
         segments = [segment_draft(drafts_host[b], alignment.slm_bytes, slm_eos, llm_encode, alignment.llm_bytes,
                                   llm_eos, max_llm) for b in range(batch)]
         llm_tokens = np.zeros((batch, max_llm), np.int32)
@@ -209,6 +212,7 @@ def decode(llm, slm, alignment: VocabAlignment, bridge: cross_vocab.ByteBridge, 
         for b, seg in enumerate(segments):
             llm_tokens[b, :len(seg.llm_tokens)] = seg.llm_tokens
             llm_valid[b, :len(seg.llm_tokens)] = True
+        host_seconds += time.perf_counter() - t0
         llm_logp, llm_seq, cache_llm = score(llm.params, llm.cfg, cache_llm, next_llm, jnp.asarray(llm_tokens),
                                              jnp.asarray(llm_valid))
         wo_logp, wo_seq, cache_wo = score(slm.params, slm.cfg, cache_wo, next_wo, drafts,
@@ -218,6 +222,7 @@ def decode(llm, slm, alignment: VocabAlignment, bridge: cross_vocab.ByteBridge, 
         if not greedy:
             accept_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 1)
             uniforms = np.asarray(jax.vmap(lambda k: jax.random.uniform(k, (max_llm + 1,)))(accept_keys))
+        t0 = time.perf_counter()
         at_llm, at_slm = np.zeros(batch, np.int32), np.zeros(batch, np.int32)
         recovering = np.zeros(batch, bool)
         for b, seg in enumerate(segments):
@@ -233,6 +238,7 @@ def decode(llm, slm, alignment: VocabAlignment, bridge: cross_vocab.ByteBridge, 
             stats["llm_calls"][b] += 1
             stats["uplink_bytes"][b] += seg.text_bytes
             stats["downlink_bytes"][b] += -(-(n + int(n < len(seg.boundaries))) // 8)
+        host_seconds += time.perf_counter() - t0
         recover_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 2)
         choice, walked, (b_llm, b_wo, b_w) = recover(
             llm_seq, wo_seq, w_seq, jnp.asarray(at_llm), jnp.asarray(at_slm), bridge, jnp.asarray(hyper["spec_beta"]),
@@ -272,4 +278,4 @@ def decode(llm, slm, alignment: VocabAlignment, bridge: cross_vocab.ByteBridge, 
         tokens[b, :len(out[b])] = out[b]
         cloud_tokens[b, :len(cloud[b])] = cloud[b]
     return CrossResult(tokens, np.asarray([len(o) for o in out], np.int32), stats, finite, cloud_tokens,
-                       np.asarray([len(c) for c in cloud], np.int32))
+                       np.asarray([len(c) for c in cloud], np.int32), host_seconds)

@@ -182,6 +182,7 @@ class Generator:
         self._compiled: dict[Any, Any] = {}
         self.compile_seconds = 0.0
         self.compile_cpu_seconds = 0.0  # process CPU time of compiling (benchmarks on shared machines)
+        self.host_seconds = 0.0  # specsteer_cross: time in its host steps (the rest is device work)
         self.spec = None
         if method.speculative is not None:
             options = method.speculative
@@ -380,6 +381,7 @@ class Generator:
         result = cross_speculative.decode(
             self.models[LLM], self.models[SLM], self.alignment, self.bridge.aux, streams, hyper, keys, temperature,
             top_p, num_draft=k, max_new_tokens=self.max_new_tokens, greedy=self.sampling.greedy, cache_lens=cache_lens)
+        self.host_seconds += result.host_seconds
         rows, stats = self._rows(examples, result, ids)
         for row in rows:
             row.update(speculative.stats_summary(row, len(row["token_ids"])))
