@@ -44,7 +44,7 @@ def test_dry_run_of_every_table_and_the_analytic_tables(tmp_path):
         assert name in done.stdout, name
     assert "| llm_w | 0.96 / 0.95 | 1.74 / 1.74 | 9.98 / 9.98 |" in done.stdout  # Table 14 beside ours
     assert "| LLM (RAG) | 4.01 / 4.05" in done.stdout  # Table 11's reproducible row
-    assert "costeer_table11: not runnable yet" in done.stdout
+    assert "note: a pair of two tokenizers" in done.stdout  # Table 11 names what it needs
     assert not list(tmp_path.rglob("*.jsonl"))  # a dry run runs nothing
     unknown = reproduce("--table=costeer_table99")
     assert unknown.returncode != 0 and "unknown table 'costeer_table99'" in unknown.stderr

@@ -123,7 +123,9 @@ METHOD_STREAMS = {
     "slm_w": (("slm", "personalized", "edge"),),
     "cs": (("slm", "query", "edge"), ("slm", "personalized", "edge")),
 }
-for _name in ("costeer", "light_costeer", "ada_costeer", "fuse"):
+# costeer_map/costeer_byte run CoSteer's three streams, each model in its own tokens; the
+# gathers and the byte walk are vocabulary-sized, not weight-sized, and are not counted.
+for _name in ("costeer", "light_costeer", "ada_costeer", "fuse", "costeer_map", "costeer_byte"):
     METHOD_STREAMS[_name] = (("llm", "query", "cloud"), ("slm", "query", "edge"), ("slm", "personalized", "edge"))
 
 

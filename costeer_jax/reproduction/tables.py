@@ -78,10 +78,11 @@ _register(TableSpec(
     runs=_costeer_baselines(), common_flags=("--noise=irrelevant",)))
 _register(TableSpec(
     "costeer_table11", "CoSteer Table 11: cross-architecture (CoSteer_map, CoSteer_byte)", "runs",
-    runs=(Run("CoSteer_map", "costeer_map"), Run("CoSteer_byte", "costeer_byte")),
+    runs=(Run("SLM w/o", "slm_wo"), Run("SLM w/", "slm_w"), Run("LLM w/o", "llm_wo"),
+          Run("CoSteer_map", "costeer_map"), Run("CoSteer_byte", "costeer_byte"), Run("LLM w/", "llm_w")),
     paper_pair="Llama-3.1-8B/Qwen2.5-1.5B",
-    needs=("methods costeer_map / costeer_byte and a cross-tokenizer pair (--llm=qwen2.5-coder-1.5b-instruct "
-           "--slm=smollm2-135m-instruct): not built yet (the cross-tokenizer issue)",)))
+    needs=("a pair of two tokenizers, e.g. --llm=qwen2.5-coder-1.5b-instruct --slm=smollm2-135m-instruct "
+           "(the paper's: Llama-3.1-8B steered by Qwen2.5-1.5B)",)))
 _register(TableSpec(
     "costeer_table12", "CoSteer Table 12: the variants", "runs",
     runs=(Run("AdaCoSteer", "ada_costeer"), Run("LightCoSteer", "light_costeer"), Run("CoSteer", "costeer")),
