@@ -122,7 +122,9 @@ def test_greedy_tokens_equal_the_host_transcription(kind, models, tokenizers, ti
 
 @pytest.mark.parametrize("kind", [pytest.param("map", marks=pytest.mark.slow), "byte"])
 def test_batch_invariance_across_tokenizers(kind, models):
-    for sampling in (Sampling(), Sampling(greedy=False, temperature=0.8, seed=5)):
+    """Sampled (per-row keys); greedy batch 3 is checked row by row against the per-row host
+    transcription above."""
+    for sampling in (Sampling(greedy=False, temperature=0.8, seed=5),):
         batched = generate(f"costeer_{kind}", models, "smol", "qwen", batch_size=3, sampling=sampling)
         single = generate(f"costeer_{kind}", models, "smol", "qwen", batch_size=1, sampling=sampling)
         for ex in EXAMPLES:
@@ -351,7 +353,7 @@ def test_specsteer_cross_equals_the_host_transcription(llm, slm, models, tokeniz
 
 def test_specsteer_cross_batch_invariance(models):
     pair = {methods.LLM: models["qwen"], methods.SLM: models["smol"]}
-    for sampling in (Sampling(), Sampling(greedy=False, temperature=0.8, seed=2)):
+    for sampling in (Sampling(greedy=False, temperature=0.8, seed=2),):  # greedy: the transcription test
         out = {}
         for batch in (3, 1):
             gen = Generator(methods.get_method("specsteer_cross"), pair, max_new_tokens=6, batch_size=batch,
