@@ -8,7 +8,7 @@ what it receives or holds *beyond* that, as token ids in order of arrival:
 | llm_wo | the committed tokens (its own output) |
 | llm_w | the personalized prompt (private context included), then the committed tokens |
 | costeer, light_costeer, ada_costeer, fuse, proxy_tuning, costeer_map, costeer_byte | the committed tokens (the LLM's own ids): the edge picks each token and uplinks it |
-| specsteer, sd, specsteer_cross | per iteration, the K drafted tokens as uplinked (accepted or not), then the token drawn at the first rejection or the bonus token; the drafts a row's budget or EOS cut off were uplinked too |
+| specsteer, sd, specsteer_cross | per iteration, the K drafted tokens as uplinked (accepted or not), then the token drawn at the first rejection or the bonus token; the drafts a row's budget or EOS cut off were uplinked too (specsteer_cross uplinks the drafts' text: its view is the LLM's tokens of that text) |
 | slm_wo, slm_w, cs, sft | nothing: the SLM (sft: with its LoRA adapter) decodes alone on the edge |
 
 The speculative kernel records its uplinked drafts and committed tokens into one buffer per row
