@@ -363,3 +363,24 @@ def test_specsteer_cross_batch_invariance(models):
                 rows += gen.run_batch(EXAMPLES[i:i + batch])[0]
             out[batch] = {r["id"]: r["token_ids"] for r in rows}
         assert out[3] == out[1], sampling
+
+
+def test_sweep_cli_batches_a_grid_across_tokenizers(tiny_cross_models, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "input": EXAMPLES[0].query,
+                                   "personalized_input": EXAMPLES[0].personalized_query}) + "\n")
+    out = tmp_path / "sweep"
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "experiments" / "sweep.py"), "--method=costeer_byte", "--grid=T=1,4",
+         f"--llm={tiny_cross_models['smol']}", f"--slm={tiny_cross_models['qwen']}", f"--prompts_file={prompts}",
+         "--max_new_tokens=3", "--batch_size=2", f"--output_dir={out}", "--progress=false"],
+        capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    files = sorted(out.glob("*.jsonl"))
+    assert len(files) == 2 and all(len(f.read_text().splitlines()) == 1 for f in files)
