@@ -85,3 +85,30 @@ def test_leakage_metric_in_an_evaluation_record_and_table(tmp_path):
 
     paths = write_reports(records, tmp_path / "report.json")
     assert tmp_path / "report_leakage_cogenesis.png" in paths["plots"]
+
+
+def test_the_speculative_cloud_holds_the_committed_text_and_the_uplink_stream(tmp_path):
+    """SpecSteer's uplink interleaves rejected drafts with the committed text, cutting a copied
+    span that the committed text holds whole; the cloud sees both, so its figures are the union."""
+    import json
+
+    from costeer_jax.data import Example
+    from costeer_jax.eval.leakage import union_leakage
+    from costeer_jax.eval.predictions import read_predictions
+    from costeer_jax.eval.scoring import Scorers, score_prediction_file
+
+    output = "You live in Lyon and love small quiet places with live jazz."
+    stream = "You live in Lyon and zzz love small quiet qqq places with live jazz."
+    path = tmp_path / "specsteer.jsonl"
+    path.write_text(json.dumps({"id": "a", "method": "specsteer", "output": output, "cloud_view": [1],
+                                "cloud_view_text": stream}) + "\n")
+    record = score_prediction_file("cogenesis", [Example("a", QUERY, CONTEXT, reference="x")],
+                                   read_predictions(path), ["leakage"], Scorers())
+    row = record["per_example"][0]
+    assert row["leak_span"] == 7.0  # "love small quiet places with live jazz"
+    assert row["cloud_leak_span"] == 7.0  # the stream alone would say 4 ("places with live jazz")
+    assert union_leakage([words(stream)], words(CONTEXT), words(QUERY))["span"] == 4.0
+    both = union_leakage([words(output), words(stream)], words(CONTEXT), words(QUERY))
+    grams = {tuple(t[i:i + 4]) for t in (words(output), words(stream)) for i in range(len(t) - 3)}
+    copied = {g for g in grams if " ".join(g) in " ".join(words(CONTEXT))}
+    assert both["share_4"] == pytest.approx(len(copied) / len(grams))

@@ -76,3 +76,19 @@ def leakage(text: Sequence, context: Sequence, query: Sequence = ()) -> dict[str
 
 def word_leakage(text: str, private_context: str, query: str) -> dict[str, float | None]:
     return leakage(words(text), words(private_context), words(query))
+
+
+def union_leakage(texts: Sequence[Sequence], context: Sequence, query: Sequence = ()) -> dict[str, float | None]:
+    """Leakage of what a receiver holds as several texts (e.g. SpecSteer's cloud: the committed
+    text and the uplinked draft stream): the longest copied span in any of them, and the share
+    of the distinct n-grams of all of them together that are copied (an n-gram in both counts once).
+    One text: `leakage` (its n-grams counted with repeats, as everywhere else)."""
+    if len(texts) == 1:
+        return leakage(texts[0], context, query)
+    out: dict[str, float | None] = {"span": float(max((longest_copied_span(t, context, query) for t in texts),
+                                                      default=0))}
+    for n in NGRAM_SIZES:
+        grams = set().union(*(_ngrams(t, n) for t in texts))
+        leaked = _ngrams(context, n) - _ngrams(query, n)
+        out[f"share_{n}"] = len(grams & leaked) / len(grams) if grams else None
+    return out

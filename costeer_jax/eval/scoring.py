@@ -8,7 +8,8 @@ from typing import Any, Callable, Sequence
 
 from costeer_jax.data import PREFERENCE_TASKS, Example
 from costeer_jax.eval.judge import JUDGE_ASPECTS, JudgeConfig, judge_answers
-from costeer_jax.eval.leakage import longest_copied_span, word_leakage
+from costeer_jax import privacy
+from costeer_jax.eval.leakage import longest_copied_span, union_leakage, words
 from costeer_jax.eval.predictions import PredictionFile, join_by_id
 from costeer_jax.eval.reward import ResponseScorer, score_responses
 from costeer_jax.eval.text_metrics import METEOR_KEY, ROUGE_KEYS, overlap_scores
@@ -67,16 +68,25 @@ def leakage_scores(example: Example, predictions: PredictionFile, tokenizer=None
     """Leakage of one row's output and, when recorded, of its cloud view; token spans need the
     tokenizer that generated the ids."""
     scores: dict[str, float | None] = {}
-    views = [("", predictions.outputs[example.id], predictions.token_ids.get(example.id))]
+    output, output_ids = predictions.outputs[example.id], predictions.token_ids.get(example.id)
+    views = [("", [output], [output_ids])]
     if example.id in predictions.cloud_view:
-        views.append(("cloud_", predictions.cloud_view_text[example.id], predictions.cloud_view[example.id]))
+        view, view_ids = predictions.cloud_view_text[example.id], predictions.cloud_view[example.id]
+        if privacy.CLOUD_VIEW.get(predictions.method) == privacy.UPLINKED:
+            # The cloud decides every draft and sends the recoveries: it holds the committed text
+            # as well as the uplink stream (in which rejected drafts interleave the committed text).
+            views.append(("cloud_", [output, view], [output_ids, view_ids]))
+        else:
+            views.append(("cloud_", [view], [view_ids]))
     encode = (lambda text: tokenizer.encode(text, add_special_tokens=False)) if tokenizer is not None else None
-    for prefix, text, ids in views:
-        for figure, value in word_leakage(text, example.personalized_query, example.query).items():
+    context, query = words(example.personalized_query), words(example.query)
+    for prefix, texts, ids in views:
+        for figure, value in union_leakage([words(t) for t in texts], context, query).items():
             scores[f"{prefix}leak_{figure}"] = value
-        if encode is not None and ids is not None:
-            scores[f"{prefix}leak_span_tokens"] = float(longest_copied_span(
-                ids, encode(example.personalized_query), encode(example.query)))
+        if encode is not None and all(i is not None for i in ids):
+            context_ids, query_ids = encode(example.personalized_query), encode(example.query)
+            scores[f"{prefix}leak_span_tokens"] = float(max(longest_copied_span(i, context_ids, query_ids)
+                                                            for i in ids))
     return scores
 
 
