@@ -276,8 +276,9 @@ def test_copy_guard_on_shared_tokens(models):
 def test_copy_guard_is_refused_for_the_byte_walk():
     from costeer_jax.decoding.runner import check_copy_guard
 
-    with pytest.raises(ValueError, match="not implemented for costeer_byte"):
-        check_copy_guard("costeer_byte", 8)
+    for name in ("costeer_byte", "specsteer_cross"):
+        with pytest.raises(ValueError, match=f"not implemented for {name}"):
+            check_copy_guard(name, 8)
     check_copy_guard("costeer_map", 8)
 
 

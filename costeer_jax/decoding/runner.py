@@ -125,8 +125,8 @@ def check_copy_guard(method_name: str, n: int) -> None:
     if n and method_name in ("llm_wo", "llm_w"):
         raise ValueError(f"--copy_guard guards the edge's token choices; {method_name} decodes in the "
                          "cloud (llm_w already sends the private context): use a steering method")
-    if n and method_name == "costeer_byte":
-        raise ValueError("--copy_guard is not implemented for costeer_byte (its choice is a byte walk, not a "
+    if n and method_name in ("costeer_byte", "specsteer_cross"):
+        raise ValueError(f"--copy_guard is not implemented for {method_name} (its choices are byte walks, not a "
                          "token distribution); use costeer_map, whose guard works on the shared tokens")
     if n < 0 or n == 1:
         raise ValueError(f"--copy_guard={n} is out of range: N counts the tokens of a copy, in [2, inf) "

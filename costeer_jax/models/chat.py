@@ -48,7 +48,8 @@ def check_same_vocabulary(llm_tokenizer, slm_tokenizer, llm_name: str, slm_name:
         only_a = len(set(a.items()) - set(b.items()))
         raise TokenizerMismatchError(
             f"the LLM ({llm_name}) and SLM ({slm_name}) tokenizers differ ({len(a)} vs {len(b)} "
-            f"tokens, {only_a} token->id entries not shared). CoSteer/SpecSteer steer token "
+            f"tokens, {only_a} token->id entries not shared). This method steers token "
             "distributions, so both models must share a vocabulary: pick a pair from one model "
-            "family (e.g. Qwen2.5-7B-Instruct with Qwen2.5-1.5B-Instruct).")
+            "family (e.g. Qwen2.5-7B-Instruct with Qwen2.5-1.5B-Instruct), or use --method=costeer_map, "
+            "costeer_byte or specsteer_cross, which align two tokenizers.")
     return len(a)
