@@ -200,7 +200,8 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
         new_caches, logits = [], {}
         for g, names in enumerate(layout.groups):
             def run(cache, g=g, names=names):
-                return decode_step_logits(params_groups[g], cfgs[g], jnp.tile(group_token(g, token), len(names)), cache,
+                tokens = jnp.tile(group_token(g, token), len(names))
+                return decode_step_logits(params_groups[g], cfgs[g], tokens, cache,
                                           group_row_adapters(group_adapters[g], names))
 
             if layout.gated and layout.gated[g]:

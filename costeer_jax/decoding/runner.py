@@ -163,7 +163,7 @@ class Generator:
         used = [models[r] for r in (LLM, SLM, SLM_SFT) if r in roles]
         self.tokenizer = used[0].tokenizer  # decodes the output (the LLM's, where there is one)
         self.stream_tokenizers = {s: self.tokenizer for s in method.streams}
-        self.alignment = self.bridge = None
+        self.alignment = self.bridge = self._slm_to_shared = None
         if method.cross_vocab:
             # Each model keeps its own tokenization and chat template; tokens are shared indices.
             self.stream_tokenizers = {s: m.tokenizer for s, m in self.stream_models.items()}
@@ -309,7 +309,9 @@ class Generator:
         # costeer_map: the edge's (SLM's) tokens of the context, as shared indices; a window over
         # a token the LLM lacks can never be completed in the shared space, so it is dropped.
         slm_tokenizer = self.models[SLM].tokenizer
-        shared = {int(t): i for i, t in enumerate(self.alignment.slm_ids)}
+        if self._slm_to_shared is None:
+            self._slm_to_shared = {int(t): i for i, t in enumerate(self.alignment.slm_ids)}
+        shared = self._slm_to_shared
         encode = lambda text: [shared.get(t, UNSHARED) for t in slm_tokenizer.encode(text, add_special_tokens=False)]
         guard = build_copy_guard([encode(e.personalized_query) for e in padded], [encode(e.query) for e in padded],
                                  self.copy_guard)
