@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
 from typing import NamedTuple, Sequence
 
@@ -267,7 +268,11 @@ def decode(llm, slm, alignment: VocabAlignment, bridge: cross_vocab.ByteBridge, 
         next_wo, cache_wo = feed(slm.params, slm.cfg, cache_wo, jnp.asarray(base[1] + at_slm), slm_choice, has, b_wo)
         next_w, cache_w = feed(slm.params, slm.cfg, cache_w, jnp.asarray(base[2] + at_slm), slm_choice, has, b_w)
         # The edge's caches grow by SLM tokens, which the budget (LLM tokens) does not bound.
-        done |= np.asarray(cache_w.lengths) + num_draft + 1 > cache_lens[1]
+        full = ~done & (np.asarray(cache_w.lengths) + num_draft + 1 > cache_lens[1])
+        if full.any():
+            print(f"warning: rows {np.flatnonzero(full).tolist()} stop early: the SLM's cache ({cache_lens[1]} slots) "
+                  "is full (its tokenizer spends more than 4 tokens per LLM token on this text)", file=sys.stderr)
+        done |= full
         finite &= np.asarray(jnp.all(jnp.isfinite(b_llm), axis=-1) & jnp.all(jnp.isfinite(b_w), axis=-1))
         done |= ~finite
         iteration += 1
