@@ -385,3 +385,25 @@ def test_sweep_cli_batches_a_grid_across_tokenizers(tiny_cross_models, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     files = sorted(out.glob("*.jsonl"))
     assert len(files) == 2 and all(len(f.read_text().splitlines()) == 1 for f in files)
+
+
+def test_specsteer_cross_stops_a_row_whose_slm_cache_is_full(models, capsys):
+    """The budget counts LLM tokens; the edge's cache fills by SLM tokens. A row that fills it
+    stops with a warning instead of writing past the cache."""
+    import jax.numpy as jnp
+
+    from costeer_jax.decoding import cross_speculative, engine
+    from costeer_jax.decoding.methods import hyper_arrays
+
+    pair = {methods.LLM: models["qwen"], methods.SLM: models["smol"]}
+    gen = Generator(methods.get_method("specsteer_cross"), pair, max_new_tokens=16, batch_size=1)
+    ids = gen.stream_ids(EXAMPLES[0])
+    prompts = {s: engine.Prompt(jnp.asarray([ids[s]], jnp.int32), jnp.asarray([len(ids[s])], jnp.int32)) for s in ids}
+    keys, _, temperature, top_p = gen._sampling_args([EXAMPLES[0]])
+    room = len(ids["slm_w"]) + 4 + 1 + 3  # one iteration's drafts, and a little
+    result = cross_speculative.decode(
+        gen.models[methods.LLM], gen.models[methods.SLM], gen.alignment, gen.bridge.aux, prompts,
+        hyper_arrays(gen.method, {"spec_lambda": 0.5}, 1), keys, temperature, top_p, num_draft=4, max_new_tokens=16,
+        greedy=True, cache_lens=(len(ids["llm"]) + 64, room))
+    assert 0 < int(result.num_tokens[0]) < 16
+    assert "stop early: the SLM's cache" in capsys.readouterr().err
