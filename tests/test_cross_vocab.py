@@ -366,6 +366,7 @@ def test_specsteer_cross_batch_invariance(models):
         assert out[3] == out[1], sampling
 
 
+@pytest.mark.slow  # per-row hyperparameters in one batch are in the default suite (above)
 def test_sweep_cli_batches_a_grid_across_tokenizers(tiny_cross_models, tmp_path):
     import json
     import subprocess
