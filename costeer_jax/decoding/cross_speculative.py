@@ -38,11 +38,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costeer_jax.decoding.speculative import _at_position, sampling_log_probs
+from costeer_jax.decoding.speculative import _at_position, _sample_rows, sampling_log_probs
 from costeer_jax.models.cache import KVCache, init_cache
 from costeer_jax.models.decoder import decode_step_logits, forward, prefill_logits
 from costeer_jax.models.vocab_alignment import TokenBytes, VocabAlignment
 from costeer_jax.steering import cross_vocab
+from costeer_jax.steering.sampling import RowSampler
 
 
 class Segment(NamedTuple):
@@ -101,6 +102,11 @@ def accepted_chunks(segment: Segment, llm_logp: np.ndarray, slm_wo_logp: np.ndar
 
 # -- device pieces (jitted once per shape) ---------------------------------------------------
 
+def _fold(keys, i):
+    """Each row's key folded with i: per-row streams for drafts, acceptance and recovery."""
+    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "cache_len"))
 def prefill(params, cfg, tokens, lengths, *, cache_len: int):
     cache = init_cache(cfg, tokens.shape[0], cache_len, params["embed"].dtype)
@@ -115,9 +121,7 @@ def draft(params, cfg, cache: KVCache, next_logits, keys, temperature, top_p, *,
         if greedy:
             token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         else:
-            row_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
-            log_probs = sampling_log_probs(logits, temperature, top_p)
-            token = jax.vmap(jax.random.categorical)(row_keys, log_probs).astype(jnp.int32)
+            token = _sample_rows(sampling_log_probs(logits, temperature, top_p), _fold(keys, i))
         new_logits, cache = decode_step_logits(params, cfg, token, cache)
         return (cache, new_logits), (token, logits)
 
@@ -143,7 +147,7 @@ def recover(llm_seq, wo_seq, w_seq, at_llm, at_slm, bridge: cross_vocab.ByteBrid
     """Step 5: the three models' logits at each row's boundary, and the byte-space Eq. 8 token
     there (a shared index) with the bytes walked."""
     llm, wo, w = _at_position(llm_seq, at_llm), _at_position(wo_seq, at_slm), _at_position(w_seq, at_slm)
-    sampler = None if greedy else cross_vocab.Sampler(keys, temperature, top_p)
+    sampler = None if greedy else RowSampler(keys, temperature, top_p)
     fuse = lambda a, b, c, live: cross_vocab.fused_byte_recovery(a, b, c, live, beta)
     choice, walked = cross_vocab.byte_walk(llm, wo, w, bridge, fuse, sampler)
     return choice, walked, (llm, wo, w)
@@ -199,8 +203,8 @@ def decode(llm, slm, alignment: VocabAlignment, bridge: cross_vocab.ByteBridge, 
     ends = set(alignment.eos_shared.tolist())
     iteration, host_seconds = 0, 0.0
     while not done.all():
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, iteration)
-        draft_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 0)
+        keys = _fold(row_keys, iteration)
+        draft_keys = _fold(keys, 0)
         base = (np.asarray(cache_llm.lengths), np.asarray(cache_wo.lengths), np.asarray(cache_w.lengths))
         drafts, w_seq, cache_w = draft(slm.params, slm.cfg, cache_w, next_w, draft_keys, temperature, top_p,
                                        num_draft=num_draft, greedy=greedy)
@@ -221,7 +225,7 @@ def decode(llm, slm, alignment: VocabAlignment, bridge: cross_vocab.ByteBridge, 
         llm_logp, wo_logp = np.asarray(llm_logp), np.asarray(wo_logp)
         uniforms = None
         if not greedy:
-            accept_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 1)
+            accept_keys = _fold(keys, 1)
             uniforms = np.asarray(jax.vmap(lambda k: jax.random.uniform(k, (max_llm + 1,)))(accept_keys))
         t0 = time.perf_counter()
         at_llm, at_slm = np.zeros(batch, np.int32), np.zeros(batch, np.int32)
@@ -240,7 +244,7 @@ def decode(llm, slm, alignment: VocabAlignment, bridge: cross_vocab.ByteBridge, 
             stats["uplink_bytes"][b] += seg.text_bytes
             stats["downlink_bytes"][b] += -(-(n + int(n < len(seg.boundaries))) // 8)
         host_seconds += time.perf_counter() - t0
-        recover_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 2)
+        recover_keys = _fold(keys, 2)
         choice, walked, (b_llm, b_wo, b_w) = recover(
             llm_seq, wo_seq, w_seq, jnp.asarray(at_llm), jnp.asarray(at_slm), bridge, jnp.asarray(hyper["spec_beta"]),
             recover_keys, temperature, top_p, greedy=greedy)

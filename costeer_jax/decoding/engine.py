@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from costeer_jax.models import lora
 from costeer_jax.models.cache import KVCache, init_cache
 from costeer_jax.models.decoder import decode_step_logits, prefill_logits
-from costeer_jax.steering import copy_guard, cross_vocab
-from costeer_jax.steering.sampling import sample_tokens
+from costeer_jax.steering import copy_guard
+from costeer_jax.steering.sampling import RowSampler, sample_rows
 
 StepGate = Callable[[Any], jax.Array]
 
@@ -92,7 +92,8 @@ class DecodeResult(NamedTuple):
 
 # A policy: (logits by stream [B, V] fp32, policy state, per-row hyperparameters) ->
 #           (log-probabilities [B, V], new policy state, per-row stats increments).
-# With a TokenBridge it also takes (bridge.aux, sampler: cross_vocab.Sampler or None when greedy)
+# With a TokenBridge it also takes (bridge.aux, sampler: steering.sampling.RowSampler with this
+# step's keys, or None when greedy)
 # and returns log-probabilities over the N shared tokens.
 Policy = Callable[[dict, Any, Any], tuple[jax.Array, Any, Any]]
 
@@ -148,14 +149,14 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
             parts.append(cache)
         caches.append(parts[0] if len(parts) == 1 else concat_caches(parts))
 
+    sampler = None if greedy else RowSampler(row_keys, temperature, top_p)
+
     def run_policy(logits, state, step):
         if bridge is None:
             return policy(logits, state, hyper)
-        sampler = None
-        if not greedy:
-            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
-            sampler = cross_vocab.Sampler(keys, temperature, top_p)
-        return policy(logits, state, hyper, bridge.aux, sampler)
+        step_sampler = None if greedy else sampler._replace(
+            keys=jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step))
+        return policy(logits, state, hyper, bridge.aux, step_sampler)
 
     def group_token(g, token):
         return token if bridge is None else bridge.to_group[g][token]
@@ -178,17 +179,11 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
     def cond(c: Carry):
         return (c.step < max_new_tokens) & ~jnp.all(c.done)
 
-    def choose(log_probs, step):
-        if greedy:
-            return sample_tokens(log_probs, None, greedy=True)
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step)
-        one_row = lambda lp, k, t, p: sample_tokens(lp[None], k, t, p)[0]
-        return jax.vmap(one_row)(log_probs, keys, temperature, top_p)
 
     def body(c: Carry):
         log_probs, policy_state, stats_inc = run_policy(with_aliases(c.logits), c.policy_state, c.step)
         log_probs = copy_guard.apply(guard, c.recent, log_probs)
-        token = choose(log_probs, c.step)
+        token = sample_rows(log_probs, sampler, c.step)
         finite = c.finite & jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(x), axis=-1) for x in c.logits.values()]), axis=0)
         active = ~c.done & finite

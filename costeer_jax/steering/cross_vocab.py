@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from ._util import f32
 from .ftrl import costeer_policy
-from .sampling import sample_tokens
+from .sampling import RowSampler, sample_rows
 
 COMMIT = 256
 OUTCOMES = 257
@@ -120,21 +120,6 @@ def fused_byte_policy(llm, slm_wo, slm_w, live, alpha, beta, lam, eta, T, max_T:
     return jax.nn.log_softmax(jnp.where(feasible, policy, NEG_INF), axis=-1)
 
 
-class Sampler(NamedTuple):
-    keys: jax.Array  # [B] PRNG keys of this step
-    temperature: jax.Array  # [B]
-    top_p: jax.Array  # [B]
-
-
-def choose_outcome(log_probs: jax.Array, sampler: Sampler | None, draw: jax.Array) -> jax.Array:
-    """Greedy (sampler None) or a per-row draw keyed by (step key, byte index)."""
-    if sampler is None:
-        return sample_tokens(log_probs, None, greedy=True)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(sampler.keys, draw)
-    one_row = lambda lp, k, t, p: sample_tokens(lp[None], k, t, p)[0]
-    return jax.vmap(one_row)(log_probs, keys, sampler.temperature, sampler.top_p)
-
-
 def fused_byte_recovery(llm, slm_wo, slm_w, live, beta) -> jax.Array:
     """SpecSteer's recovery (Eq. 8) over the byte outcomes, renormalised over the live ones:
     log_softmax(h_LLM + beta (h_SLM+ - h_SLM-)) with h the byte log-distributions (A.4)."""
@@ -144,7 +129,7 @@ def fused_byte_recovery(llm, slm_wo, slm_w, live, beta) -> jax.Array:
     return jax.nn.log_softmax(jnp.where(feasible, fused, NEG_INF), axis=-1)
 
 
-def byte_walk(llm_logits, slm_wo_logits, slm_w_logits, bridge: ByteBridge, fuse, sampler: Sampler | None = None):
+def byte_walk(llm_logits, slm_wo_logits, slm_w_logits, bridge: ByteBridge, fuse, sampler: RowSampler | None = None):
     """One committed token for every row: the byte walk from the empty prefix to COMMIT, each
     byte chosen from fuse(llm, slm_wo, slm_w, live) over the three byte distributions. Returns
     (shared index [B] int32 of the committed token, bytes walked + 1 [B] int32)."""
@@ -170,7 +155,7 @@ def byte_walk(llm_logits, slm_wo_logits, slm_w_logits, bridge: ByteBridge, fuse,
         wo = byte_log_probs(slm_wo_logits, w.cand_slm, keys_slm)
         with_context = byte_log_probs(slm_w_logits, w.cand_slm, keys_slm)
         policy = fuse(llm, wo, with_context, live_outcomes(w.cand_llm, bridge.llm_shared, keys_llm))
-        outcome = choose_outcome(policy, sampler, w.i)
+        outcome = sample_rows(policy, sampler, w.i)
         commit = ~w.done & (outcome == COMMIT)
         ends_here = w.cand_llm & (keys_llm == COMMIT) & (bridge.llm_shared >= 0)[None, :]
         token = jnp.argmax(jnp.where(ends_here, llm_logits, NEG_INF), axis=-1)
@@ -187,14 +172,14 @@ def byte_walk(llm_logits, slm_wo_logits, slm_w_logits, bridge: ByteBridge, fuse,
 
 
 def costeer_byte_step(llm_logits, slm_wo_logits, slm_w_logits, bridge: ByteBridge, hyper: dict, max_T: int,
-                      sampler: Sampler | None = None):
+                      sampler: RowSampler | None = None):
     """CoSteer_byte's committed token for every row: the byte walk under CoSteer's FTRL policy."""
     fuse = lambda llm, wo, w, live: fused_byte_policy(llm, wo, w, live, hyper["alpha"], hyper["beta"], hyper["lam"],
                                                       hyper["eta"], hyper["T"], max_T)
     return byte_walk(llm_logits, slm_wo_logits, slm_w_logits, bridge, fuse, sampler)
 
 
-__all__ = ["COMMIT", "OUTCOMES", "ByteBridge", "ByteTables", "Sampler", "byte_log_probs", "choose_outcome",
+__all__ = ["COMMIT", "OUTCOMES", "ByteBridge", "ByteTables", "byte_log_probs",
            "byte_walk", "costeer_byte_step", "costeer_map_policy", "fused_byte_policy", "fused_byte_recovery",
            "gather_shared", "initial_candidates",
            "live_outcomes", "next_byte_keys"]

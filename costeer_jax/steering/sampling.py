@@ -4,9 +4,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from typing import NamedTuple
+
 from ._util import f32
 
-__all__ = ["cut_vocab", "sample_tokens"]
+__all__ = ["RowSampler", "cut_vocab", "sample_rows", "sample_tokens"]
 
 
 def cut_vocab(logits, n: int):
@@ -54,3 +56,21 @@ def sample_tokens(log_probs, key, temperature=1.0, top_p=1.0, greedy: bool = Fal
     keep_vocab = jnp.zeros_like(keep).at[rows, order].set(keep)
     sampled = jax.random.categorical(key, jnp.where(keep_vocab, scaled, -jnp.inf), axis=-1).astype(jnp.int32)
     return jnp.where(temp > 0, sampled, argmax)
+
+
+class RowSampler(NamedTuple):
+    """Per-row sampling settings of one decoding step."""
+
+    keys: jax.Array  # [B] PRNG keys of this step
+    temperature: jax.Array  # [B]
+    top_p: jax.Array  # [B]
+
+
+def sample_rows(log_probs, sampler: RowSampler | None, draw) -> jnp.ndarray:
+    """One token per row [B]: greedy (sampler None), or drawn with each row's key folded with
+    `draw`, so a row's draw never depends on the rest of its batch."""
+    if sampler is None:
+        return sample_tokens(log_probs, None, greedy=True)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(sampler.keys, draw)
+    one_row = lambda lp, k, t, p: sample_tokens(lp[None], k, t, p)[0]
+    return jax.vmap(one_row)(log_probs, keys, sampler.temperature, sampler.top_p)
