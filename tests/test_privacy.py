@@ -9,6 +9,7 @@ from costeer_jax import privacy
 from costeer_jax.data import Example
 from costeer_jax.decoding import methods, speculative
 from costeer_jax.decoding.runner import Generator, Sampling
+from costeer_jax.models import vocab_alignment
 from costeer_jax.models.loading import load_model
 from costeer_jax.steering import copy_guard
 
@@ -67,6 +68,15 @@ def test_cloud_view_under_a_perturbed_private_context(models, name):
         elif kind == privacy.PROMPT_AND_COMMITTED:
             assert view[len(view) - len(row["token_ids"]):] == row["token_ids"]
             assert context in row["cloud_view_text"]  # llm_w ships the private context itself
+        elif name == "specsteer_cross":  # the drafts' text, re-tokenized by the LLM, + recovered tokens
+            assert is_subsequence(row["token_ids"], view)
+            recovered = row["recovered_tokens"]
+            assert len(view) <= row["llm_calls"] * (2 * speculative_k(row) + 8) + recovered
+            llm_bytes = vocab_alignment.token_bytes(models[methods.LLM].tokenizer)
+            sizes = [len(llm_bytes.bytes_of(t)) for t in view]
+            # uplink_bytes counts the drafts' text: the view's bytes less those of the recovered tokens
+            assert sum(sizes) - recovered * max(sizes, default=0) <= row["uplink_bytes"] <= sum(sizes)
+            assert row["uplink_bytes"] > 0
         else:  # uplinked drafts + drawn tokens: the committed tokens are a subsequence, in order
             k = speculative_k(row)
             drawn = row["recovered_tokens"] + row["bonus_tokens"]
