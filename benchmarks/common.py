@@ -111,12 +111,14 @@ def read_bandwidth(gigabytes: float = 2.0) -> float:
     return x.nbytes / best
 
 
-def matmul_throughput(m: int = 512, k: int = 1536, n: int = 8960) -> float:
-    """FLOP/s of a jitted fp32 [m, k] x [k, n] matmul (decoder-shaped): the compute roofline."""
+def matmul_throughput(m: int = 512, k: int = 1536, n: int = 8960, dtype=None) -> float:
+    """FLOP/s of a jitted [m, k] x [k, n] matmul (decoder-shaped; fp32 unless `dtype`): the
+    compute roofline."""
     import jax
     import jax.numpy as jnp
 
-    a, b = jnp.ones((m, k), jnp.float32), jnp.ones((k, n), jnp.float32)
+    dtype = dtype or jnp.float32
+    a, b = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
     mm = jax.jit(jnp.matmul)
     mm(a, b).block_until_ready()
     best = min(_timed(lambda: mm(a, b).block_until_ready()) for _ in range(5))

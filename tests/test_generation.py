@@ -175,8 +175,7 @@ def test_cli_persistent_compilation_cache(tiny_chat_models, tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == entries
     tokens = lambda name: {r["id"]: r["token_ids"] for r in map(json.loads, (tmp_path / name).read_text().splitlines())}
     assert tokens("first.jsonl") == tokens("second.jsonl")
-    off = cli(*common[:-1], "--compilation_cache_dir=", f"--output={tmp_path / 'off.jsonl'}")
-    assert off.returncode == 0 and tokens("off.jsonl") == tokens("first.jsonl")
+    # --compilation_cache_dir= (off) runs in tests/test_context_options.py
 
 
 def test_cli_end_to_end_and_errors(tiny_chat_models, tmp_path):

@@ -61,8 +61,9 @@ def our_tokens(method: str, batch_size: int) -> dict:
     return {r["id"]: r["token_ids"] for r in rows}
 
 
-@pytest.mark.smoke
-@pytest.mark.parametrize("ours,ref", [("llm_wo", "llm_wo"), ("costeer", "costeer")])
+# CI runs the costeer row (the steering math against the reference); llm_wo's is covered there
+# by the logits parity on the real checkpoints and by greedy sd == llm_wo on tiny models.
+@pytest.mark.parametrize("ours,ref", [("llm_wo", "llm_wo"), pytest.param("costeer", "costeer", marks=pytest.mark.smoke)])
 def test_batch8_token_identical_to_reference(prompts_file, ours, ref):
     assert our_tokens(ours, 8) == reference_tokens(prompts_file, ref)
 

