@@ -42,6 +42,10 @@ flags.DEFINE_float("spec_lambda", DEFAULT_HYPER["spec_lambda"], "SpecSteer verif
 flags.DEFINE_float("spec_beta", DEFAULT_HYPER["spec_beta"], "SpecSteer recovery steering strength beta (Eq. 8).")
 flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:8 or data:2,model:4 (default: one device).")
 flags.DEFINE_bool("multihost", None, "Call jax.distributed.initialize() (default: detect a TPU slice).")
+flags.DEFINE_enum("batching", "static", ["static", "continuous"],
+                  "static: each batch runs until its longest row ends. continuous: --batch_size slots; a finished "
+                  "row's slot takes the next prompt (one-token-per-step methods; same tokens per example).")
+flags.DEFINE_integer("segment_steps", 8, "Continuous batching: steps between the host's refills of finished slots.")
 
 
 def main(argv):
@@ -73,6 +77,10 @@ def main(argv):
     # Refuse bad values before minutes of loading (the Generator prints the degenerate-value warnings).
     check_hyper(hyper)
     check_copy_guard(FLAGS.method, FLAGS.copy_guard)
+    if FLAGS.batching == "continuous":
+        from costeer_jax.decoding.continuous import check_continuous
+
+        check_continuous(method, copy_guard=FLAGS.copy_guard, mesh=FLAGS.mesh)
     sampling = Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed)
     t0 = time.perf_counter()
     models = run_setup.load_models(method, mesh)
@@ -83,9 +91,9 @@ def main(argv):
     config = {**hyper, **run_setup.static_config(generator, FLAGS.method)}
     extra = {"config": config} if config else None
     figures = generate_to_file(generator, examples, Path(output), progress=FLAGS.progress,
-                               extra_fields=extra)
+                               extra_fields=extra, batching=FLAGS.batching, segment_steps=FLAGS.segment_steps)
     summary = {"method": FLAGS.method, "llm": FLAGS.llm, "slm": FLAGS.slm,
-               "batch_size": FLAGS.batch_size, "max_new_tokens": FLAGS.max_new_tokens,
+               "batch_size": FLAGS.batch_size, "batching": FLAGS.batching, "max_new_tokens": FLAGS.max_new_tokens,
                "load_seconds": round(load_seconds, 3), **figures.as_dict(), **config,
                "mesh": FLAGS.mesh, "process_index": process_index, "process_count": process_count,
                "output": str(output)}

@@ -113,17 +113,20 @@ def smollm2_tokenizer_dir(tmp_path_factory):
 def tiny_chat_models(tmp_path_factory, smollm2_tokenizer_dir):
     """Tiny random Llama checkpoints with the real SmolLM2 tokenizer (so text prompts work):
     "llm", "slm" (a different random model) and "sft" (a third, for proxy-tuning)."""
+    root = tmp_path_factory.mktemp("tiny_chat")
+    return {name: tiny_smollm2_checkpoint(root / name, seed, smollm2_tokenizer_dir)
+            for seed, name in enumerate(("llm", "slm", "sft"))}
+
+
+def tiny_smollm2_checkpoint(directory: Path, seed: int, tokenizer_dir: Path, **overrides) -> Path:
+    """A tiny random Llama on SmolLM2's vocabulary with that tokenizer's files beside it."""
     import shutil
 
-    root = tmp_path_factory.mktemp("tiny_chat")
-    out = {}
-    for seed, name in enumerate(("llm", "slm", "sft")):
-        d = build_tiny_checkpoint("llama", root / name, seed=seed, vocab_size=49152,
-                                  bos_token_id=1, eos_token_id=2, pad_token_id=2)
-        for f in smollm2_tokenizer_dir.iterdir():
-            shutil.copy(f, d / f.name)
-        out[name] = d
-    return out
+    d = build_tiny_checkpoint("llama", directory, seed=seed, vocab_size=49152, bos_token_id=1, eos_token_id=2,
+                              pad_token_id=2, **overrides)
+    for f in tokenizer_dir.iterdir():
+        shutil.copy(f, d / f.name)
+    return d
 
 
 @pytest.fixture(scope="session")

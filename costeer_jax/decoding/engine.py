@@ -10,7 +10,9 @@ stream never sees the private context by construction.
 
 Everything from prefill to the last token is one `jax.jit` program: caches are allocated inside
 (so there is nothing to donate), rows finish independently on EOS and the loop exits as soon as
-all rows are done. No host round-trip per token.
+all rows are done. No host round-trip per token. The prefill (`prefill_streams`) and the step
+(`make_step`) are also the pieces of continuous batching (decoding/continuous.py), which refills
+a finished row's slot between segments of steps.
 """
 from __future__ import annotations
 
@@ -105,37 +107,38 @@ def concat_caches(caches: list[KVCache]) -> KVCache:
                    lengths=jnp.concatenate([c.lengths for c in caches]))
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("cfgs", "layout", "policy", "gate", "max_new_tokens", "vocab_limit", "greedy",
-                     "cache_lens"))
-def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, row_keys: jax.Array,
-           eos_ids: jax.Array, temperature: jax.Array, top_p: jax.Array,
-           guard: copy_guard.CopyGuard | None = None, group_adapters: tuple | None = None,
-           bridge: TokenBridge | None = None, *, cfgs: tuple, layout: StreamLayout, policy: Policy,
-           gate: StepGate | None, max_new_tokens: int, vocab_limit: int | None, greedy: bool,
-           cache_lens: tuple[int, ...]) -> DecodeResult:
-    """Generates up to max_new_tokens per row.
+class RowInputs(NamedTuple):
+    """What each row brings besides its prompt: per-row hyperparameters, PRNG key, sampling."""
 
-    row_keys [B] are per-row PRNG keys (folded with the step index), so a row samples the same
-    tokens whatever batch it is in. Rows stop at any of eos_ids; logits are cut to vocab_limit
-    (the shared tokenizer length) before the policy sees them. With a copy guard, the tokens
-    that would complete a verbatim N-token copy of the row's private context get -inf in the
-    policy's log-probabilities before the choice (steering/copy_guard.py). group_adapters[g]
-    (a GroupAdapters, or None) adds per-row LoRA deltas to group g's one forward. With a bridge
-    (models of different tokenizers; vocab_limit None), tokens, eos_ids and the guard's ids are
-    indices into the shared tokens, and each group appends its own id for the chosen one.
-    """
+    hyper: Any
+    row_keys: jax.Array  # [B]
+    temperature: jax.Array  # [B]
+    top_p: jax.Array  # [B]
+
+
+class Carry(NamedTuple):
+    """The token loop's state. `steps` is each row's own step (tokens decided so far): in one
+    static batch every row's equals the loop counter; continuous batching (decoding/continuous.py)
+    refills a finished row's slot, whose step restarts at 0."""
+
+    steps: jax.Array  # [B]
+    caches: list
+    logits: dict
+    policy_state: Any
+    out: jax.Array  # [B, max_new_tokens]
+    done: jax.Array
+    num_tokens: jax.Array
+    stats: Any
+    finite: jax.Array
+    recent: Any  # [B, N-1] last committed tokens, for the copy guard (None without one)
+    rows: RowInputs
+
+
+def prefill_streams(params_groups: tuple, prompts: dict, cfgs: tuple, layout: StreamLayout,
+                    vocab_limit: int | None, cache_lens: tuple[int, ...], group_adapters: tuple) -> tuple[list, dict]:
+    """Every stream's prompt through its group's model: per group one cache (its streams' rows in
+    layout order) and per stream the next-token logits [B, V]."""
     batch = next(iter(prompts.values())).tokens.shape[0]
-    group_adapters = group_adapters or (None,) * len(layout.groups)
-
-    def split(group: int, logits: jax.Array) -> dict:
-        names = layout.groups[group]
-        return {name: logits[i * batch:(i + 1) * batch, :vocab_limit] for i, name in enumerate(names)}
-
-    def with_aliases(logits: dict) -> dict:
-        return {**logits, **{alias: logits[stream] for alias, stream in layout.aliases}}
-
     caches, logits_by_stream = [], {}
     for g, names in enumerate(layout.groups):
         # Each stream prefills at its own (bucketed) width: padding a 40-token query to a
@@ -148,47 +151,53 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
             logits_by_stream[n] = logits[:, :vocab_limit]
             parts.append(cache)
         caches.append(parts[0] if len(parts) == 1 else concat_caches(parts))
+    return caches, logits_by_stream
 
-    sampler = None if greedy else RowSampler(row_keys, temperature, top_p)
 
-    def run_policy(logits, state, step):
+def _per_row_fold(keys: jax.Array, steps: jax.Array) -> jax.Array:
+    return jax.vmap(jax.random.fold_in)(keys, steps)
+
+
+def make_step(params_groups: tuple, eos_ids: jax.Array, guard, group_adapters: tuple, bridge, *, cfgs: tuple,
+              layout: StreamLayout, policy: Policy, gate: StepGate | None, vocab_limit: int | None, greedy: bool):
+    """(zero_stats(carry), step(carry) -> carry): one token for every row; rows that are done
+    (or whose logits went non-finite) append EOS and change nothing else."""
+
+    def split(logits: jax.Array, batch: int, names) -> dict:
+        return {name: logits[i * batch:(i + 1) * batch, :vocab_limit] for i, name in enumerate(names)}
+
+    def with_aliases(logits: dict) -> dict:
+        return {**logits, **{alias: logits[stream] for alias, stream in layout.aliases}}
+
+    def run_policy(logits, state, rows: RowInputs, steps):
         if bridge is None:
-            return policy(logits, state, hyper)
-        step_sampler = None if greedy else sampler._replace(
-            keys=jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, step))
-        return policy(logits, state, hyper, bridge.aux, step_sampler)
+            return policy(logits, state, rows.hyper)
+        # The byte walk draws with the row's key folded with its step (its own draws fold again).
+        sampler = None if greedy else RowSampler(_per_row_fold(rows.row_keys, steps), rows.temperature, rows.top_p)
+        return policy(logits, state, rows.hyper, bridge.aux, sampler)
 
     def group_token(g, token):
         return token if bridge is None else bridge.to_group[g][token]
 
-    zero_stats = jax.eval_shape(lambda: run_policy(with_aliases(logits_by_stream), policy_state, jnp.int32(0))[2])
-    zero_stats = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero_stats)
+    def zero_stats(logits, policy_state, rows):
+        steps = jnp.zeros(rows.row_keys.shape[:1], jnp.int32)
+        shapes = jax.eval_shape(lambda: run_policy(with_aliases(logits), policy_state, rows, steps)[2])
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    class Carry(NamedTuple):
-        step: jax.Array
-        caches: list
-        logits: dict
-        policy_state: Any
-        out: jax.Array
-        done: jax.Array
-        num_tokens: jax.Array
-        stats: Any
-        finite: jax.Array
-        recent: Any  # [B, N-1] last committed tokens, for the copy guard (None without one)
-
-    def cond(c: Carry):
-        return (c.step < max_new_tokens) & ~jnp.all(c.done)
-
-
-    def body(c: Carry):
-        log_probs, policy_state, stats_inc = run_policy(with_aliases(c.logits), c.policy_state, c.step)
+    def step(c: Carry) -> Carry:
+        batch = c.done.shape[0]
+        log_probs, policy_state, stats_inc = run_policy(with_aliases(c.logits), c.policy_state, c.rows, c.steps)
         log_probs = copy_guard.apply(guard, c.recent, log_probs)
-        token = sample_rows(log_probs, sampler, c.step)
+        sampler = None if greedy else RowSampler(c.rows.row_keys, c.rows.temperature, c.rows.top_p)
+        token = sample_rows(log_probs, sampler, c.steps)
         finite = c.finite & jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(x), axis=-1) for x in c.logits.values()]), axis=0)
         active = ~c.done & finite
         token = jnp.where(active, token, eos_ids[0])
-        out = c.out.at[:, c.step].set(token)
+        # Each row writes at its own step (none past the budget). A mask, not a scatter: it keeps
+        # the rows' sharding on the mesh's data axis, which a per-row scatter loses.
+        at_step = jnp.arange(c.out.shape[1])[None, :] == c.steps[:, None]
+        out = jnp.where(at_step, token[:, None], c.out)
         stats = jax.tree.map(lambda s, inc: s + jnp.where(active, inc, 0).astype(s.dtype), c.stats, stats_inc)
         done = c.done | jnp.isin(token, eos_ids) | ~finite
         num_tokens = c.num_tokens + active.astype(jnp.int32)
@@ -199,7 +208,7 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
                 return decode_step_logits(params_groups[g], cfgs[g], tokens, cache,
                                           group_row_adapters(group_adapters[g], names))
 
-            if layout.gated and layout.gated[g]:
+            if layout.gated and layout.gated[g] and gate is not None:
                 # Once no row steers, the gated model is never needed again: keep stale logits.
                 stale = jnp.concatenate([c.logits[n] for n in names])
                 stale = jnp.pad(stale, ((0, 0), (0, cfgs[g].vocab_size - stale.shape[1])))
@@ -208,15 +217,52 @@ def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, r
             else:
                 step_logits, cache = run(c.caches[g])
             new_caches.append(cache)
-            logits.update(split(g, step_logits))
+            logits.update(split(step_logits, batch, names))
         recent = None if guard is None else copy_guard.push(c.recent, token, active)
-        return Carry(c.step + 1, new_caches, logits, policy_state, out, done, num_tokens, stats, finite, recent)
+        return c._replace(steps=c.steps + active.astype(jnp.int32), caches=new_caches, logits=logits,
+                          policy_state=policy_state, out=out, done=done, num_tokens=num_tokens, stats=stats,
+                          finite=finite, recent=recent)
 
+    return zero_stats, step
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("cfgs", "layout", "policy", "gate", "max_new_tokens", "vocab_limit", "greedy",
+                     "cache_lens"))
+def decode(params_groups: tuple, prompts: dict, policy_state: Any, hyper: Any, row_keys: jax.Array,
+           eos_ids: jax.Array, temperature: jax.Array, top_p: jax.Array,
+           guard: copy_guard.CopyGuard | None = None, group_adapters: tuple | None = None,
+           bridge: TokenBridge | None = None, *, cfgs: tuple, layout: StreamLayout, policy: Policy,
+           gate: StepGate | None, max_new_tokens: int, vocab_limit: int | None, greedy: bool,
+           cache_lens: tuple[int, ...]) -> DecodeResult:
+    """Generates up to max_new_tokens per row.
+
+    row_keys [B] are per-row PRNG keys (folded with the row's step), so a row samples the same
+    tokens whatever batch it is in. Rows stop at any of eos_ids; logits are cut to vocab_limit
+    (the shared tokenizer length) before the policy sees them. With a copy guard, the tokens
+    that would complete a verbatim N-token copy of the row's private context get -inf in the
+    policy's log-probabilities before the choice (steering/copy_guard.py). group_adapters[g]
+    (a GroupAdapters, or None) adds per-row LoRA deltas to group g's one forward. With a bridge
+    (models of different tokenizers; vocab_limit None), tokens, eos_ids and the guard's ids are
+    indices into the shared tokens, and each group appends its own id for the chosen one.
+    """
+    batch = next(iter(prompts.values())).tokens.shape[0]
+    group_adapters = group_adapters or (None,) * len(layout.groups)
+    caches, logits = prefill_streams(params_groups, prompts, cfgs, layout, vocab_limit, cache_lens, group_adapters)
+    zero_stats, step = make_step(params_groups, eos_ids, guard, group_adapters, bridge, cfgs=cfgs, layout=layout,
+                                 policy=policy, gate=gate, vocab_limit=vocab_limit, greedy=greedy)
+    rows = RowInputs(hyper, row_keys, temperature, top_p)
     init = Carry(
-        step=jnp.int32(0), caches=caches, logits=logits_by_stream, policy_state=policy_state,
+        steps=jnp.zeros((batch,), jnp.int32), caches=caches, logits=logits, policy_state=policy_state,
         out=jnp.zeros((batch, max_new_tokens), jnp.int32), done=jnp.zeros((batch,), bool),
-        num_tokens=jnp.zeros((batch,), jnp.int32), stats=zero_stats, finite=jnp.ones((batch,), bool),
-        recent=None if guard is None else copy_guard.empty_recent(guard, batch))
-    final = jax.lax.while_loop(cond, body, init)
-    return DecodeResult(final.out, final.num_tokens, final.stats, final.finite)
+        num_tokens=jnp.zeros((batch,), jnp.int32),
+        stats=zero_stats(logits, policy_state, rows),
+        finite=jnp.ones((batch,), bool), recent=None if guard is None else copy_guard.empty_recent(guard, batch),
+        rows=rows)
 
+    def cond(c: Carry):  # every active row has taken the same number of steps: the loop counter
+        return (jnp.max(c.steps) < max_new_tokens) & ~jnp.all(c.done)
+
+    final = jax.lax.while_loop(cond, step, init)
+    return DecodeResult(final.out, final.num_tokens, final.stats, final.finite)

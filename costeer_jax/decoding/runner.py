@@ -52,12 +52,16 @@ class RunFigures:
     compile_seconds: float = 0.0
     generate_seconds: float = 0.0
     stats: dict = dataclasses.field(default_factory=dict)
+    slot_steps: int | None = None  # continuous batching: slot-steps run, and those that decoded a token
+    useful_slot_steps: int | None = None
 
     def as_dict(self) -> dict:
         out = {"examples": self.examples, "tokens": self.tokens,
                "compile_seconds": round(self.compile_seconds, 3),
                "generate_seconds": round(self.generate_seconds, 3),
                "tokens_per_s": round(self.tokens / self.generate_seconds, 3) if self.generate_seconds else 0.0}
+        if self.slot_steps is not None:
+            out["useful_slot_share"] = round(self.useful_slot_steps / max(self.slot_steps, 1), 4)
         for name, total in self.stats.items():
             out[name] = int(total)
             if name == "steered_tokens":
@@ -455,10 +459,14 @@ def repair_torn_tail(path: Path) -> None:
 
 
 def generate_to_file(generator: Generator, examples: Iterable, output: Path, *,
-                     progress: bool = True, extra_fields: dict | None = None) -> RunFigures:
-    """Decodes the examples not yet in `output`, appending one flushed batch at a time, so an
-    interrupted run loses at most the batch in flight and a rerun resumes where it stopped."""
+                     progress: bool = True, extra_fields: dict | None = None, batching: str = "static",
+                     segment_steps: int = 8) -> RunFigures:
+    """Decodes the examples not yet in `output`, appending rows as they are done (static: one
+    flushed batch at a time; continuous: the rows that finished in each segment), so an
+    interrupted run loses at most the rows in flight and a rerun resumes where it stopped."""
     from tqdm import tqdm
+
+    from costeer_jax.decoding import continuous
 
     output.parent.mkdir(parents=True, exist_ok=True)
     repair_torn_tail(output)
@@ -471,10 +479,11 @@ def generate_to_file(generator: Generator, examples: Iterable, output: Path, *,
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc=f"{generator.method.name}", unit="ex", file=sys.stderr,
                disable=not progress)
+    if batching not in (continuous.STATIC, continuous.CONTINUOUS):
+        raise ValueError(f"--batching must be static or continuous (got {batching!r})")
+    decoder = continuous.ContinuousDecoder(generator, segment_steps) if batching == continuous.CONTINUOUS else None
     with open(output, "a") as f:
-        for start in range(0, len(todo), generator.batch_size):
-            batch = todo[start:start + generator.batch_size]
-            rows, stats = generator.run_batch(batch)
+        def write(rows, stats):
             for row in rows:
                 row.update(extra_fields or {})
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -485,6 +494,14 @@ def generate_to_file(generator: Generator, examples: Iterable, output: Path, *,
             for k, v in stats.items():
                 figures.stats[k] = figures.stats.get(k, 0) + v
             bar.update(len(rows))
+
+        if decoder is not None:
+            decoder.run(todo, write)
+            figures.slot_steps = decoder.figures.slot_steps
+            figures.useful_slot_steps = decoder.figures.useful_slot_steps
+        else:
+            for start in range(0, len(todo), generator.batch_size):
+                write(*generator.run_batch(todo[start:start + generator.batch_size]))
     bar.close()
     figures.generate_seconds = time.perf_counter() - t0
     figures.compile_seconds = generator.compile_seconds - compile_before

@@ -71,6 +71,8 @@ def sample_rows(log_probs, sampler: RowSampler | None, draw) -> jnp.ndarray:
     `draw`, so a row's draw never depends on the rest of its batch."""
     if sampler is None:
         return sample_tokens(log_probs, None, greedy=True)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(sampler.keys, draw)
+    # draw: one index for all rows, or each row's own [B] (continuous batching: rows at different steps)
+    draw = jnp.broadcast_to(jnp.asarray(draw, jnp.int32), sampler.keys.shape[:1])
+    keys = jax.vmap(jax.random.fold_in)(sampler.keys, draw)
     one_row = lambda lp, k, t, p: sample_tokens(lp[None], k, t, p)[0]
     return jax.vmap(one_row)(log_probs, keys, sampler.temperature, sampler.top_p)

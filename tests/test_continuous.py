@@ -1,0 +1,162 @@
+"""Continuous batching (decoding/continuous.py) gives every example the tokens static batching
+gives it, with prompts and outputs of mixed lengths and slots refilled several times; an
+interrupted continuous run resumes without losing or repeating a row."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from costeer_jax.data import Example
+from costeer_jax.decoding import continuous, methods
+from costeer_jax.decoding.runner import Generator, Sampling, generate_to_file
+from costeer_jax.models.loading import load_model
+
+MAX_NEW = 8
+EXAMPLES = [Example(f"e{i}", q, f"{ctx} {q}") for i, (ctx, q) in enumerate([
+    ("I love birdwatching near lakes.", "Suggest a weekend activity."),
+    ("I enjoyed Dune.", "Recommend a book."),
+    ("I have a bad knee and I live on the fifth floor without a lift.", "Plan a short workout for tomorrow."),
+    ("Vegan.", "Name a dinner."),
+    ("I teach maths to teenagers in a small village school near the coast.", "Write a motto."),
+    ("I am a night owl.", "When should I study?"),
+    ("I like cats.", "Pick a pet name."),
+])]
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory, smollm2_tokenizer_dir):
+    """Tiny random Llamas behind the SmolLM2 tokenizer, with a large init scale so each prompt
+    gets its own greedy continuation (at the usual scale every row decodes the same tokens, and
+    no choice of EOS ids could give them different lengths)."""
+    from conftest import tiny_smollm2_checkpoint
+
+    root = tmp_path_factory.mktemp("continuous")
+    return {role: tiny_smollm2_checkpoint(root / role, seed, smollm2_tokenizer_dir, initializer_range=0.6)
+            for seed, role in enumerate((methods.LLM, methods.SLM))}
+
+
+@pytest.fixture(scope="module")
+def models(model_dirs):
+    return {role: load_model(str(d)) for role, d in model_dirs.items()}
+
+
+def generator(name, models, batch_size, sampling=Sampling(), eos_ids=None):
+    gen = Generator(methods.get_method(name, max_T=4), models, max_new_tokens=MAX_NEW, batch_size=batch_size,
+                    sampling=sampling, hyper={"T": 4, "tau": 1e-7, "k_consecutive": 2})
+    if eos_ids is not None:
+        gen.eos_ids = eos_ids
+    return gen
+
+
+def static_tokens(gen) -> dict:
+    out = {}
+    for i in range(0, len(EXAMPLES), gen.batch_size):
+        out.update({r["id"]: r["token_ids"] for r in gen.run_batch(EXAMPLES[i:i + gen.batch_size])[0]})
+    return out
+
+
+def continuous_tokens(gen, segment_steps=3) -> tuple[dict, continuous.ContinuousDecoder]:
+    out = {}
+    decoder = continuous.ContinuousDecoder(gen, segment_steps)
+    decoder.run(EXAMPLES, lambda rows, stats: out.update({r["id"]: r["token_ids"] for r in rows}))
+    return out, decoder
+
+
+def mixed_length_eos(name, models, sampling) -> list[int]:
+    """EOS ids under which the rows end at as many different lengths as a few ids allow: chosen
+    greedily among the tokens the rows emit without them (a row ends at its first EOS)."""
+    free = list(static_tokens(generator(name, models, 3, sampling)).values())
+
+    def distinct_lengths(eos):
+        return len({next((i + 1 for i, t in enumerate(row) if t in eos), MAX_NEW) for row in free})
+
+    eos = {2}
+    for _ in range(3):
+        best = max(sorted({t for row in free for t in row}), key=lambda t: distinct_lengths(eos | {t}))
+        if distinct_lengths(eos | {best}) <= distinct_lengths(eos):
+            break
+        eos.add(best)
+    return sorted(eos)
+
+
+@pytest.mark.parametrize("name,sampling", [
+    ("costeer", Sampling()),
+    ("costeer", Sampling(greedy=False, temperature=0.8, seed=3)),
+    ("ada_costeer", Sampling()),
+    pytest.param("llm_wo", Sampling(greedy=False, temperature=0.8, seed=1), marks=pytest.mark.slow),
+    pytest.param("light_costeer", Sampling(), marks=pytest.mark.slow),
+    pytest.param("cs", Sampling(), marks=pytest.mark.slow),
+])
+def test_continuous_equals_static_with_mixed_lengths(models, name, sampling):
+    eos = mixed_length_eos(name, models, sampling)
+    static = static_tokens(generator(name, models, 3, sampling, eos))
+    ours, decoder = continuous_tokens(generator(name, models, 2, sampling, eos))
+    assert ours == static
+    lengths = sorted(len(v) for v in static.values())
+    assert len(set(lengths)) >= 3, lengths  # outputs of mixed lengths, so slots free at different steps
+    # 7 rows through 2 slots (each refilled at least twice): every token was one useful slot-step
+    assert decoder.figures.useful_slot_steps == sum(lengths) <= decoder.figures.slot_steps
+
+
+def test_interrupted_continuous_run_resumes_without_loss_or_duplicates(models, tmp_path):
+    eos = mixed_length_eos("costeer", models, Sampling())
+    expected = static_tokens(generator("costeer", models, 3, eos_ids=eos))
+    out = tmp_path / "o.jsonl"
+    gen = generator("costeer", models, 2, eos_ids=eos)
+    calls = {"n": 0}
+    rows_of = gen._rows
+
+    def killed_after_two_segments(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return rows_of(*args, **kwargs)
+
+    gen._rows = killed_after_two_segments
+    with pytest.raises(KeyboardInterrupt):
+        generate_to_file(gen, EXAMPLES, out, progress=False, batching="continuous", segment_steps=3)
+    partial = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert 0 < len(partial) < len(EXAMPLES)
+    figures = generate_to_file(generator("costeer", models, 2, eos_ids=eos), EXAMPLES, out, progress=False,
+                               batching="continuous", segment_steps=3)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(e.id for e in EXAMPLES)  # each once
+    assert {r["id"]: r["token_ids"] for r in rows} == expected
+    assert figures.examples == len(EXAMPLES) - len(partial)
+    assert 0 < figures.as_dict()["useful_slot_share"] <= 1
+
+
+def test_continuous_refuses_what_it_does_not_cover(models):
+    with pytest.raises(ValueError, match="--batching=continuous does not support --method=specsteer"):
+        continuous.ContinuousDecoder(generator("specsteer", models, 2))
+    gen = Generator(methods.get_method("costeer"), models, max_new_tokens=4, batch_size=2, copy_guard=4)
+    with pytest.raises(ValueError, match="--copy_guard"):
+        continuous.ContinuousDecoder(gen)
+
+
+def test_cli_continuous_batching_writes_the_static_rows(model_dirs, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": e.id, "input": e.query, "personalized_input": e.personalized_query})
+                               + "\n" for e in EXAMPLES))
+    llm, slm = (str(model_dirs[r]) for r in (methods.LLM, methods.SLM))
+    common = [sys.executable, str(REPO_ROOT / "experiments" / "generate.py"), f"--llm={llm}", f"--slm={slm}",
+              f"--prompts_file={prompts}", "--method=costeer", "--T=4", f"--max_new_tokens={MAX_NEW}", "--progress=false"]
+    static, ours = tmp_path / "static.jsonl", tmp_path / "continuous.jsonl"
+    run = lambda *extra: subprocess.run([*common, *extra], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    r = run(f"--output={static}", "--batch_size=3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run(f"--output={ours}", "--batch_size=2", "--batching=continuous", "--segment_steps=3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    figures = json.loads(r.stdout.strip().splitlines()[-1])
+    assert figures["batching"] == "continuous" and 0 < figures["useful_slot_share"] <= 1
+    tokens = lambda path: {row["id"]: row["token_ids"] for row in map(json.loads, path.read_text().splitlines())}
+    assert tokens(ours) == tokens(static)
+    r = run(f"--output={tmp_path / 'x.jsonl'}", "--method=specsteer", "--batching=continuous")
+    assert r.returncode != 0 and "--batching=continuous does not support --method=specsteer" in r.stderr
+    assert not (tmp_path / "x.jsonl").exists()
