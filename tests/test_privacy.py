@@ -50,7 +50,13 @@ def test_every_method_has_a_cloud_view_definition():
     assert set(privacy.CLOUD_VIEW) == set(methods.METHOD_NAMES)
 
 
-@pytest.mark.parametrize("name", methods.METHOD_NAMES)
+# The default run keeps one method per kind of view in privacy.CLOUD_VIEW and every kernel with a
+# view of its own (llm_wo, the cross-tokenizer ones, each speculative one); the rest run as slow.
+DEFAULT_VIEW_METHODS = {"llm_wo", "llm_w", "slm_w", "costeer", "costeer_map", "specsteer", "sd", "specsteer_cross"}
+
+
+@pytest.mark.parametrize("name", [n if n in DEFAULT_VIEW_METHODS else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in methods.METHOD_NAMES])
 def test_cloud_view_under_a_perturbed_private_context(models, name):
     """Two private contexts, one query: the recorded view is what the table in privacy.py says,
     and it depends on the context only through committed (or drafted) tokens."""
