@@ -95,12 +95,9 @@ def insert(params_groups: tuple, pool: engine.Carry, slot, prompts: dict, policy
     """Prefills one prompt (batch 1, every stream) and makes it slot `slot`'s row, at step 0."""
     caches, logits = engine.prefill_streams(params_groups, prompts, cfgs, layout, vocab_limit, cache_lens,
                                             (None,) * len(layout.groups))
-    one_row = lambda x: jax.tree.map(lambda a: a[:1], x)
-    fresh = jax.tree.map(jnp.zeros_like, one_row((pool.steps, pool.out, pool.num_tokens, pool.stats)))
-    steps, out, num_tokens, stats = jax.tree.map(lambda p, o: _set_row(p, o, slot), (pool.steps, pool.out,
-                                                                                       pool.num_tokens, pool.stats), fresh)
+    zeroed = lambda tree: _set_row(tree, jax.tree.map(lambda a: jnp.zeros_like(a[:1]), tree), slot)
     return pool._replace(
-        steps=steps, out=out, num_tokens=num_tokens, stats=stats,
+        steps=zeroed(pool.steps), out=zeroed(pool.out), num_tokens=zeroed(pool.num_tokens), stats=zeroed(pool.stats),
         caches=[_set_cache_rows(p, c, slot, len(names)) for p, c, names in zip(pool.caches, caches, layout.groups)],
         logits={n: _set_row(pool.logits[n], logits[n], slot) for n in pool.logits},
         policy_state=_set_row(pool.policy_state, policy_state, slot),
@@ -137,10 +134,6 @@ class SlotFigures:
 
     slot_steps: int = 0
     useful_slot_steps: int = 0
-
-    @property
-    def useful_share(self) -> float:
-        return self.useful_slot_steps / max(self.slot_steps, 1)
 
 
 class ContinuousDecoder:
@@ -179,8 +172,8 @@ class ContinuousDecoder:
         common = dict(cfgs=cfgs, layout=layout, vocab_limit=g.vocab_limit)
         loop = dict(common, policy=method.policy, greedy=g.sampling.greedy, max_new_tokens=g.max_new_tokens)
         eos = jnp.asarray(g.eos_ids, jnp.int32)
-        pad = [examples[0]] * batch
-        keys, _, temperature, top_p = g._sampling_args(pad)
+        # Per-row inputs of the empty pool: placeholders, each slot's own are written at insert.
+        keys, _, temperature, top_p = g._sampling_args([examples[0]] * batch)
         rows = engine.RowInputs(hyper_arrays(method, g.hyper, batch), keys, temperature, top_p)
         widths = tuple(g.vocab_limit or m.cfg.vocab_size for m in g.group_models)
         pool = self._compiled_call(empty_pool, ("pool", cache_lens), params, method.init_state(batch), rows, eos,

@@ -160,8 +160,9 @@ def _per_row_fold(keys: jax.Array, steps: jax.Array) -> jax.Array:
 
 def make_step(params_groups: tuple, eos_ids: jax.Array, guard, group_adapters: tuple, bridge, *, cfgs: tuple,
               layout: StreamLayout, policy: Policy, gate: StepGate | None, vocab_limit: int | None, greedy: bool):
-    """(zero_stats(carry), step(carry) -> carry): one token for every row; rows that are done
-    (or whose logits went non-finite) append EOS and change nothing else."""
+    """(zero_stats(logits, policy_state, rows): the policy's per-row statistics, all zero;
+    step(carry) -> carry: one token for every row, where rows that are done (or whose logits went
+    non-finite) append EOS and change nothing else)."""
 
     def split(logits: jax.Array, batch: int, names) -> dict:
         return {name: logits[i * batch:(i + 1) * batch, :vocab_limit] for i, name in enumerate(names)}
