@@ -158,7 +158,8 @@ def bounds_ms(forwards: list[Forward], itemsize: int, bandwidth: float, flops_pe
             "bandwidth_bound_ms": round(read / bandwidth * 1e3, 4), "compute_bound_ms": round(flops / flops_per_s * 1e3, 4)}
 
 
-def time_configuration(method_name: str, models: dict, batch: int) -> dict:
+def time_configuration(method_name: str, models: dict, batch: int, itemsize: int, bandwidth: float,
+                       flops_per_s: float) -> dict:
     import numpy as np
 
     from costeer_jax.data.example import Example
@@ -209,18 +210,11 @@ def time_configuration(method_name: str, models: dict, batch: int) -> dict:
         accepted = sum(r["accepted_tokens"] for r in full_rows)
         row["acceptance_rate"] = round(accepted / max(sum(r["drafted_tokens"] for r in full_rows), 1), 4)
     row.update(bounds_ms(step_forwards(generator, batch, FLAGS.prompt_len, FLAGS.max_new_tokens, FLAGS.num_draft),
-                         np_itemsize(), BANDWIDTH[0], FLOPS[0]))
+                         itemsize, bandwidth, flops_per_s))
     ratio = lambda bound: round(step_ms / bound, 2) if resolved and bound > 0 else None
     row["x_bandwidth_bound"] = ratio(row["bandwidth_bound_ms"])
     row["x_compute_bound"] = ratio(row["compute_bound_ms"])
     return row
-
-
-BANDWIDTH, FLOPS = [0.0], [0.0]
-
-
-def np_itemsize() -> int:
-    return 2 if FLAGS.dtype == "bfloat16" else 4
 
 
 def main(argv):
@@ -234,12 +228,12 @@ def main(argv):
         if pair not in PAIRS:
             raise app.UsageError(f"unknown pair {pair!r}; choose from {', '.join(PAIRS)}")
     dtype = jnp.bfloat16 if FLAGS.dtype == "bfloat16" else jnp.float32
-    BANDWIDTH[0] = read_bandwidth(FLAGS.bandwidth_gb)
+    bandwidth = read_bandwidth(FLAGS.bandwidth_gb)
     # Decoder-shaped: the 7B's MLP on 4096 row-tokens on an accelerator, SmolLM2-like on a CPU.
     on_cpu = jax.default_backend() == "cpu"
-    FLOPS[0] = matmul_throughput(*((512, 1536, 8960) if on_cpu else (4096, 3584, 18944)), dtype=dtype)
+    flops_per_s = matmul_throughput(*((512, 1536, 8960) if on_cpu else (4096, 3584, 18944)), dtype=dtype)
     result = {"machine": {**machine_note(), "device": str(jax.devices()[0].device_kind)},
-              "read_bandwidth_gb_s": round(BANDWIDTH[0] / 1e9, 1), "matmul_tflop_s": round(FLOPS[0] / 1e12, 2),
+              "read_bandwidth_gb_s": round(bandwidth / 1e9, 1), "matmul_tflop_s": round(flops_per_s / 1e12, 2),
               "flags": {k: FLAGS[k].value for k in ("prompt_len", "max_new_tokens", "num_draft", "spec_lambda", "dtype")},
               "rows": [], "skipped": []}
     start = time.perf_counter()
@@ -253,7 +247,8 @@ def main(argv):
                 if time.perf_counter() - start > FLAGS.time_budget_s:
                     result["skipped"].append(f"{pair} {method} batch {batch}")
                     continue
-                row = {"pair": pair, **time_configuration(method, models, batch)}
+                row = {"pair": pair, **time_configuration(method, models, batch, jnp.dtype(dtype).itemsize,
+                                                          bandwidth, flops_per_s)}
                 result["rows"].append(row)
                 print(f"  {pair} {method} b={batch}: {row['step_ms']} ms/step ({row['x_bandwidth_bound']}x the "
                       f"bandwidth bound), compile {row['compile_seconds']} s", file=sys.stderr, flush=True)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, Callable, Iterable
 
 import jax
@@ -147,16 +146,9 @@ class ContinuousDecoder:
             raise ValueError(f"--segment_steps must be >= 1 (got {segment_steps})")
         self.generator, self.segment_steps = generator, segment_steps
         self.figures = SlotFigures()
-        self._compiled: dict = {}
 
     def _compiled_call(self, fn, signature, *args, **static):
-        key = (fn.__name__, signature)
-        if key not in self._compiled:
-            t0, cpu0 = time.perf_counter(), time.process_time()
-            self._compiled[key] = fn.lower(*args, **static).compile()
-            self.generator.compile_seconds += time.perf_counter() - t0
-            self.generator.compile_cpu_seconds += time.process_time() - cpu0
-        return self._compiled[key](*args)
+        return self.generator.compiled(fn, args, static, signature)(*args)
 
     def run(self, examples: Iterable, on_rows: Callable[[list, dict], Any]) -> None:
         g = self.generator
