@@ -3,8 +3,9 @@ a token, on real rows whose outputs end at different lengths.
 
 Each mode decodes the same examples (the first --limit rows of --task) into a fresh file through
 `generate_to_file`, the path the CLI takes. tokens/s excludes compile time (reported apart). The
-useful share is tokens / slot-steps: static runs every row of a batch until its longest row ends
-(batch_size x longest per batch); continuous counts the steps its pool ran. Also printed: the
+useful share is the slot-steps that advanced a live row over all slot-steps run (a step is a token,
+or for specsteer/sd a Draft-Verify iteration): static runs every row of a batch until its longest
+row ends (batch_size x longest per batch); continuous counts the steps its pool ran. Also printed: the
 output length distribution, and how many rows differ in tokens between the modes (0 unless a
 real-model near-tie flips with the cache length; see BUILD_NOTES.md on fp32 near-ties).
 
@@ -27,7 +28,7 @@ if str(REPO_ROOT) not in sys.path:
 FLAGS = flags.FLAGS
 flags.DEFINE_string("llm", "smollm2-135m-instruct", "LLM (alias or path).")
 flags.DEFINE_string("slm", "smollm2-135m-instruct", "SLM (alias or path).")
-flags.DEFINE_string("method", "costeer", "A one-token-per-step method.")
+flags.DEFINE_string("method", "costeer", "Any method continuous batching covers (e.g. costeer, specsteer, sd).")
 flags.DEFINE_string("task", "cogenesis", "Task whose first --limit rows are decoded.")
 flags.DEFINE_string("data_dir", None, "Data folder (default: the task's).")
 flags.DEFINE_integer("limit", 24, "Rows.")
@@ -38,10 +39,16 @@ flags.DEFINE_list("modes", ["static", "continuous"], "Which batchings to time.")
 flags.DEFINE_string("output", None, "Also write the figures as JSON here.")
 
 
+def row_steps(row: dict) -> int:
+    """Loop steps a row needed: its tokens, or for specsteer/sd its Draft-Verify iterations."""
+    return int(row.get("llm_calls", len(row["token_ids"])))
+
+
 def static_slot_steps(rows: list[dict], batch_size: int) -> int:
-    """Slot-steps of static batching in generate_to_file's order (rows sorted by prompt length)."""
-    lengths = [len(r["token_ids"]) for r in rows]
-    return sum(batch_size * max(lengths[i:i + batch_size]) for i in range(0, len(lengths), batch_size))
+    """Slot-steps of static batching in generate_to_file's order (rows sorted by prompt length):
+    every slot of a batch runs as long as its longest row."""
+    steps = [row_steps(r) for r in rows]
+    return sum(batch_size * max(steps[i:i + batch_size]) for i in range(0, len(steps), batch_size))
 
 
 def main(argv):
@@ -70,11 +77,14 @@ def main(argv):
             rows = sorted(map(json.loads, out.read_text().splitlines()), key=lambda r: order[r["id"]])
             tokens_by_mode[mode] = {r["id"]: r["token_ids"] for r in rows}
             seconds = figures.generate_seconds - figures.compile_seconds
-            slot_steps = figures.slot_steps if mode == "continuous" else static_slot_steps(rows, FLAGS.batch_size)
+            if mode == "continuous":
+                useful, slot_steps = figures.useful_slot_steps, figures.slot_steps
+            else:
+                useful, slot_steps = sum(map(row_steps, rows)), static_slot_steps(rows, FLAGS.batch_size)
             result["modes"][mode] = {"tokens": figures.tokens, "seconds": round(seconds, 2),
                                      "tokens_per_s": round(figures.tokens / seconds, 3),
                                      "compile_seconds": round(figures.compile_seconds, 2),
-                                     "useful_slot_share": round(figures.tokens / max(slot_steps, 1), 4)}
+                                     "useful_slot_share": round(useful / max(slot_steps, 1), 4)}
             print(f"  {mode}: {result['modes'][mode]}", file=sys.stderr, flush=True)
     lengths = np.asarray([len(t) for t in next(iter(tokens_by_mode.values())).values()])
     result["output_lengths"] = {"min": int(lengths.min()), "p25": float(np.percentile(lengths, 25)),

@@ -42,11 +42,6 @@ flags.DEFINE_float("spec_lambda", DEFAULT_HYPER["spec_lambda"], "SpecSteer verif
 flags.DEFINE_float("spec_beta", DEFAULT_HYPER["spec_beta"], "SpecSteer recovery steering strength beta (Eq. 8).")
 flags.DEFINE_string("mesh", None, "Device mesh, e.g. data:8 or data:2,model:4 (default: one device).")
 flags.DEFINE_bool("multihost", None, "Call jax.distributed.initialize() (default: detect a TPU slice).")
-flags.DEFINE_enum("batching", "static", ["static", "continuous"],
-                  "static: each batch runs until its longest row ends. continuous: --batch_size slots; a finished "
-                  "row's slot takes the next prompt (one-token-per-step methods; same tokens per example).")
-flags.DEFINE_integer("segment_steps", 8, "Continuous batching: steps between the host's refills of finished slots.")
-
 
 def main(argv):
     del argv
@@ -77,10 +72,7 @@ def main(argv):
     # Refuse bad values before minutes of loading (the Generator prints the degenerate-value warnings).
     check_hyper(hyper)
     check_copy_guard(FLAGS.method, FLAGS.copy_guard)
-    if FLAGS.batching == "continuous":
-        from costeer_jax.decoding.continuous import check_continuous
-
-        check_continuous(method, copy_guard=FLAGS.copy_guard, mesh=FLAGS.mesh)
+    run_setup.check_batching(method)
     sampling = Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed)
     t0 = time.perf_counter()
     models = run_setup.load_models(method, mesh)

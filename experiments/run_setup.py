@@ -75,6 +75,12 @@ def define_run_flags(batch_size_default: int, batch_size_help: str) -> None:
     flags.DEFINE_bool("record_cloud_view", False, "Add to each row `cloud_view`: the token ids the cloud received "
                       "beyond the bare query (drafts included; see costeer_jax/privacy.py), and its text.")
     flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
+    flags.DEFINE_enum("batching", "static", ["static", "continuous"],
+                      "static: each batch runs until its longest row ends. continuous: --batch_size slots; a finished "
+                      "row's slot takes the next prompt (same tokens per example; not for the cross-tokenizer "
+                      "methods, --copy_guard, LoRA or --mesh).")
+    flags.DEFINE_integer("segment_steps", 8, "Continuous batching: steps (specsteer/sd: Draft-Verify iterations) "
+                         "between the host's refills of finished slots.")
     define_compilation_cache_flag()
 
 
@@ -82,6 +88,20 @@ def define_compilation_cache_flag() -> None:
     flags.DEFINE_string("compilation_cache_dir", None,
                         "Persistent XLA compilation cache: later runs with the same shapes skip compiling "
                         "(default: $JAX_COMPILATION_CACHE_DIR or ~/.cache/costeer_jax/xla; empty turns it off).")
+
+
+def check_batching(method) -> None:
+    """Refuses --batching=continuous where it does not apply, before any model is loaded."""
+    if FLAGS.batching == "continuous":
+        from costeer_jax.decoding.continuous import check_continuous
+
+        try:
+            check_continuous(method, copy_guard=FLAGS.copy_guard, mesh=getattr(FLAGS, "mesh", None),
+                             adapters=bool(FLAGS.slm_plus))
+        except ValueError as e:
+            raise app.UsageError(str(e)) from None
+    if FLAGS.segment_steps < 1:
+        raise app.UsageError(f"--segment_steps must be >= 1 (got {FLAGS.segment_steps})")
 
 
 def maybe_list_models() -> None:

@@ -42,7 +42,7 @@ flags.DEFINE_enum("method", None, METHOD_NAMES, "Decoding method (default: the -
 # Run options a --config file's "fixed" may set (unless given on the command line).
 RUN_OPTIONS = ("llm", "slm", "slm_sft", "prompts_file", "task", "preference", "data_dir", "limit", "batch_size",
                "max_new_tokens", "seed", "do_sample", "temperature", "top_p", "dtype", "K", "acceptance",
-               "downlink_topk", "bonus_token", "sd_drafter")
+               "downlink_topk", "bonus_token", "sd_drafter", "batching", "segment_steps")
 
 
 def resolve_spec():
@@ -103,6 +103,7 @@ def main(argv):
     # One program for the whole grid: the FTRL scan runs to the largest T, masked per row.
     method = get_method(method_name, max_T=sweep.max_T(configs), speculative=run_setup.speculative_options(method_name),
                         ada_stop_on_streak=FLAGS.ada_stop_on_streak)
+    run_setup.check_batching(method)
     examples = run_setup.load_examples()
     sampling = Sampling(not FLAGS.do_sample, FLAGS.temperature, FLAGS.top_p, FLAGS.seed)
     run_setup.enable_compilation_cache()
@@ -115,7 +116,8 @@ def main(argv):
     static_config = run_setup.static_config(generator, method_name)
     try:
         figures = sweep.run_sweep(generator, examples, configs, FLAGS.output_dir, progress=FLAGS.progress,
-                                  static_config=static_config)
+                                  static_config=static_config, batching=FLAGS.batching,
+                                  segment_steps=FLAGS.segment_steps)
     except sweep.SweepError as e:
         raise app.UsageError(str(e)) from None
     summary = {"method": method_name, "llm": FLAGS.llm, "slm": FLAGS.slm, "batch_size": FLAGS.batch_size,

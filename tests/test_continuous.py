@@ -1,6 +1,7 @@
 """Continuous batching (decoding/continuous.py) gives every example the tokens static batching
-gives it, with prompts and outputs of mixed lengths and slots refilled several times; an
-interrupted continuous run resumes without losing or repeating a row."""
+gives it, with prompts and outputs of mixed lengths and slots refilled several times, for the
+token-loop methods, the speculative ones and sweeps; an interrupted continuous run resumes
+without losing or repeating a row."""
 from __future__ import annotations
 
 import json
@@ -49,17 +50,21 @@ def generator(name, models, batch_size, sampling=Sampling(), eos_ids=None):
     return gen
 
 
-def static_tokens(gen) -> dict:
+def static_rows(gen) -> dict:
     out = {}
     for i in range(0, len(EXAMPLES), gen.batch_size):
-        out.update({r["id"]: r["token_ids"] for r in gen.run_batch(EXAMPLES[i:i + gen.batch_size])[0]})
+        out.update({r["id"]: r for r in gen.run_batch(EXAMPLES[i:i + gen.batch_size])[0]})
     return out
 
 
-def continuous_tokens(gen, segment_steps=3) -> tuple[dict, continuous.ContinuousDecoder]:
+def static_tokens(gen) -> dict:
+    return {i: r["token_ids"] for i, r in static_rows(gen).items()}
+
+
+def continuous_rows(gen, segment_steps=3) -> tuple[dict, continuous.ContinuousDecoder]:
     out = {}
     decoder = continuous.ContinuousDecoder(gen, segment_steps)
-    decoder.run(EXAMPLES, lambda rows, stats: out.update({r["id"]: r["token_ids"] for r in rows}))
+    decoder.run(EXAMPLES, lambda rows, stats, positions: out.update({r["id"]: r for r in rows}))
     return out, decoder
 
 
@@ -84,19 +89,55 @@ def mixed_length_eos(name, models, sampling) -> list[int]:
     ("costeer", Sampling()),
     ("costeer", Sampling(greedy=False, temperature=0.8, seed=3)),
     ("ada_costeer", Sampling()),
+    ("specsteer", Sampling()),
+    ("sd", Sampling(greedy=False, temperature=0.8, seed=2)),
+    pytest.param("specsteer", Sampling(greedy=False, temperature=0.8, seed=4), marks=pytest.mark.slow),
     pytest.param("llm_wo", Sampling(greedy=False, temperature=0.8, seed=1), marks=pytest.mark.slow),
     pytest.param("light_costeer", Sampling(), marks=pytest.mark.slow),
     pytest.param("cs", Sampling(), marks=pytest.mark.slow),
 ])
 def test_continuous_equals_static_with_mixed_lengths(models, name, sampling):
+    if name == "sd":  # two random models at this scale never agree on a sampled token: draft with the LLM's weights
+        models = {methods.LLM: models[methods.LLM], methods.SLM: models[methods.LLM]}
     eos = mixed_length_eos(name, models, sampling)
-    static = static_tokens(generator(name, models, 3, sampling, eos))
-    ours, decoder = continuous_tokens(generator(name, models, 2, sampling, eos))
-    assert ours == static
-    lengths = sorted(len(v) for v in static.values())
+    static = static_rows(generator(name, models, 3, sampling, eos))
+    ours, decoder = continuous_rows(generator(name, models, 2, sampling, eos))
+    assert {i: r["token_ids"] for i, r in ours.items()} == {i: r["token_ids"] for i, r in static.items()}
+    lengths = sorted(len(r["token_ids"]) for r in static.values())
     assert len(set(lengths)) >= 3, lengths  # outputs of mixed lengths, so slots free at different steps
-    # 7 rows through 2 slots (each refilled at least twice): every token was one useful slot-step
-    assert decoder.figures.useful_slot_steps == sum(lengths) <= decoder.figures.slot_steps
+    if name in ("specsteer", "sd"):
+        # Same verification outcomes and link bytes per row; a slot-step is one Draft-Verify iteration.
+        figures = ("llm_calls", "accepted_tokens", "recovered_tokens", "bonus_tokens", "uplink_bytes")
+        assert {i: [r[f] for f in figures] for i, r in ours.items()} == \
+            {i: [r[f] for f in figures] for i, r in static.items()}
+        assert 0 < sum(r["accepted_tokens"] for r in static.values()) < sum(r["drafted_tokens"] for r in static.values())
+        work = sum(r["llm_calls"] for r in static.values())
+    else:
+        work = sum(lengths)  # every token was one useful slot-step
+    # 7 rows through 2 slots (each refilled at least twice)
+    assert decoder.figures.useful_slot_steps == work <= decoder.figures.slot_steps
+
+
+def test_continuous_sweep_writes_the_static_sweep(models, tmp_path):
+    """Configurations as rows go through the same slots, each row with its own hyperparameters."""
+    from costeer_jax.decoding import sweep
+
+    method = methods.get_method("costeer", max_T=4)
+    configs = sweep.expand_grid(method, {"alpha": [0.5, 4.0], "T": [2, 4]})
+    eos = mixed_length_eos("costeer", models, Sampling())
+    files = {}
+    for batching, batch_size in (("static", 3), ("continuous", 2)):
+        gen = Generator(method, models, max_new_tokens=MAX_NEW, batch_size=batch_size)
+        gen.eos_ids = eos
+        figures = sweep.run_sweep(gen, EXAMPLES[:4], configs, tmp_path / batching, progress=False,
+                                  batching=batching, segment_steps=3)
+        assert figures.rows == 4 * len(configs)
+        files[batching] = {c.name: {r["id"]: (r["token_ids"], r["config"]) for r in
+                                    map(json.loads, sweep.output_path(tmp_path / batching, c).read_text().splitlines())}
+                           for c in configs}
+    assert files["continuous"] == files["static"]
+    outputs = {c: tuple(map(tuple, (v[0] for v in rows.values()))) for c, rows in files["static"].items()}
+    assert len(set(outputs.values())) > 1  # the configurations do steer differently
 
 
 def test_interrupted_continuous_run_resumes_without_loss_or_duplicates(models, tmp_path):
@@ -128,8 +169,10 @@ def test_interrupted_continuous_run_resumes_without_loss_or_duplicates(models, t
 
 
 def test_continuous_refuses_what_it_does_not_cover(models):
-    with pytest.raises(ValueError, match="--batching=continuous does not support --method=specsteer"):
-        continuous.ContinuousDecoder(generator("specsteer", models, 2))
+    with pytest.raises(ValueError, match="--batching=continuous does not support --method=costeer_map"):
+        continuous.check_continuous(methods.get_method("costeer_map"))
+    with pytest.raises(ValueError, match="--mesh"):
+        continuous.check_continuous(methods.get_method("costeer"), mesh=object())
     gen = Generator(methods.get_method("costeer"), models, max_new_tokens=4, batch_size=2, copy_guard=4)
     with pytest.raises(ValueError, match="--copy_guard"):
         continuous.ContinuousDecoder(gen)
@@ -157,6 +200,6 @@ def test_cli_continuous_batching_writes_the_static_rows(model_dirs, tmp_path):
     assert figures["batching"] == "continuous" and 0 < figures["useful_slot_share"] <= 1
     tokens = lambda path: {row["id"]: row["token_ids"] for row in map(json.loads, path.read_text().splitlines())}
     assert tokens(ours) == tokens(static)
-    r = run(f"--output={tmp_path / 'x.jsonl'}", "--method=specsteer", "--batching=continuous")
-    assert r.returncode != 0 and "--batching=continuous does not support --method=specsteer" in r.stderr
+    r = run(f"--output={tmp_path / 'x.jsonl'}", "--method=costeer_byte", "--batching=continuous")
+    assert r.returncode != 0 and "--batching=continuous does not support --method=costeer_byte" in r.stderr
     assert not (tmp_path / "x.jsonl").exists()

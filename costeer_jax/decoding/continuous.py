@@ -13,9 +13,14 @@ This is JetStream's insert/generate split, with the host stepping in every `segm
 rather than the refill living inside the loop: a slot idles at most segment_steps - 1 steps
 after its row ends, and the host's work per segment is reading which rows finished.
 
-Not covered here (refused with a message by `check_continuous`): the speculative methods (their
-loop commits a ragged number of tokens per iteration), the cross-tokenizer methods, the copy
-guard, LoRA adapters and meshes.
+The speculative methods (specsteer, sd) use the same pool over their Draft-Verify iteration
+(`speculative.make_spec_iteration`): a row's iteration count restarts at 0 in its slot, so its
+keys are those of any static batch; a segment is `segment_steps` iterations, each committing a
+ragged number of tokens per row. Sweeps (configurations as rows) pass each row's
+hyperparameters, which the slot takes at insert.
+
+Not covered here (refused with a message by `check_continuous`): the cross-tokenizer methods,
+the copy guard, LoRA adapters and meshes.
 """
 from __future__ import annotations
 
@@ -27,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from costeer_jax.decoding import engine
-from costeer_jax.decoding.methods import hyper_arrays
+from costeer_jax.decoding import engine, speculative
+from costeer_jax.decoding.methods import LLM, SLM, hyper_arrays
 from costeer_jax.decoding.runner import bucket_width
 from costeer_jax.models.cache import KVCache, init_cache, round_up
 
@@ -38,8 +43,8 @@ STATIC, CONTINUOUS = "static", "continuous"
 def check_continuous(method, *, copy_guard: int = 0, mesh=None, adapters: bool = False) -> None:
     """Raises ValueError naming what continuous batching does not cover for this run."""
     why = None
-    if method.speculative is not None or method.cross_vocab:
-        why = f"--method={method.name} (continuous batching covers the one-token-per-step methods)"
+    if method.cross_vocab:
+        why = f"--method={method.name} (continuous batching covers the methods of one tokenizer)"
     elif copy_guard:
         why = "--copy_guard"
     elif adapters:
@@ -127,6 +132,50 @@ def run_segment(params_groups: tuple, pool: engine.Carry, eos_ids, *, cfgs, layo
     return pool, taken
 
 
+def _set_slot(pool: speculative.SpecCarry, one: speculative.SpecCarry, slot) -> speculative.SpecCarry:
+    """Row `slot` of the pool's every field becomes the one-row state's row 0."""
+    return speculative.SpecCarry(*[
+        None if p is None else _set_cache_rows(p, o, slot, 1) if isinstance(p, KVCache) else _set_row(p, o, slot)
+        for p, o in zip(pool, one)])
+
+
+_SPEC_STATIC = ("cfg_llm", "cfg_slm", "spec", "max_new_tokens", "cache_lens")
+
+
+@functools.partial(jax.jit, static_argnames=_SPEC_STATIC)
+def empty_spec_pool(rows: engine.RowInputs, params_llm, params_slm, *, cfg_llm, cfg_slm, spec, max_new_tokens,
+                    cache_lens) -> speculative.SpecCarry:
+    return speculative.spec_empty(rows, params_llm, params_slm, cfg_llm=cfg_llm, cfg_slm=cfg_slm, spec=spec,
+                                  max_new_tokens=max_new_tokens, cache_lens=cache_lens)
+
+
+@functools.partial(jax.jit, static_argnames=_SPEC_STATIC, donate_argnums=(0,))
+def insert_spec(pool: speculative.SpecCarry, slot, params_llm, params_slm, params_draft, prompts: dict,
+                rows: engine.RowInputs, *, cfg_llm, cfg_slm, spec, max_new_tokens, cache_lens) -> speculative.SpecCarry:
+    """Prefills one prompt's streams (batch 1) and makes it slot `slot`'s row, at iteration 0."""
+    one = speculative.spec_prefill(params_llm, params_slm, prompts, rows, None, params_draft, None, cfg_llm=cfg_llm,
+                                   cfg_slm=cfg_slm, spec=spec, max_new_tokens=max_new_tokens, cache_lens=cache_lens)
+    return _set_slot(pool, one, slot)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg_llm", "cfg_slm", "spec", "max_new_tokens", "vocab_limit", "greedy",
+                                             "segment_steps"), donate_argnums=(0,))
+def run_spec_segment(pool: speculative.SpecCarry, params_llm, params_slm, params_draft, eos_ids, *, cfg_llm, cfg_slm,
+                     spec, max_new_tokens, vocab_limit, greedy, segment_steps):
+    """Up to `segment_steps` Draft-Verify iterations of every live slot; also returns the
+    iterations taken."""
+    body = speculative.make_spec_iteration(params_llm, params_slm, eos_ids, None, params_draft, None, cfg_llm=cfg_llm,
+                                           cfg_slm=cfg_slm, spec=spec, max_new_tokens=max_new_tokens,
+                                           vocab_limit=vocab_limit, greedy=greedy)
+
+    def cond(state):
+        i, c = state
+        return (i < segment_steps) & ~jnp.all(c.done)
+
+    taken, pool = jax.lax.while_loop(cond, lambda state: (state[0] + 1, body(state[1])), (jnp.int32(0), pool))
+    return pool, taken
+
+
 @dataclasses.dataclass
 class SlotFigures:
     """Slot-steps the pool ran and how many of them decoded a token of some row."""
@@ -135,9 +184,95 @@ class SlotFigures:
     useful_slot_steps: int = 0
 
 
+class _TokenLoopSlots:
+    """The token loop's pool: engine.Carry, one token per slot per step."""
+
+    def __init__(self, g, widest: dict):
+        self.g = g
+        self.params = tuple(m.params for m in g.group_models)
+        cfgs = tuple(m.cfg for m in g.group_models)
+        self.cache_lens = tuple(round_up(max(widest[n] for n in names) + g.max_new_tokens, 16)
+                                for names in g.layout.groups)
+        self.common = dict(cfgs=cfgs, layout=g.layout, vocab_limit=g.vocab_limit)
+        self.loop = dict(self.common, policy=g.method.policy, greedy=g.sampling.greedy,
+                         max_new_tokens=g.max_new_tokens)
+
+    def empty(self, rows):
+        g = self.g
+        widths = tuple(g.vocab_limit or m.cfg.vocab_size for m in g.group_models)
+        args = (self.params, g.method.init_state(g.batch_size), rows, self.eos)
+        return g.compiled(empty_pool, args, dict(self.loop, cache_lens=self.cache_lens, vocab_widths=widths),
+                          ("pool", self.cache_lens))(*args)
+
+    @property
+    def eos(self):
+        return jnp.asarray(self.g.eos_ids, jnp.int32)
+
+    def insert(self, pool, slot, prompts: dict, rows):
+        g = self.g
+        args = (self.params, pool, jnp.int32(slot), prompts, g.method.init_state(1), rows)
+        signature = ("insert", tuple((s, p.tokens.shape[1]) for s, p in prompts.items()), self.cache_lens)
+        return g.compiled(insert, args, dict(self.common, cache_lens=self.cache_lens), signature)(*args)
+
+    def segment(self, pool, segment_steps: int):
+        args = (self.params, pool, self.eos)
+        return self.g.compiled(run_segment, args, dict(self.loop, segment_steps=segment_steps),
+                               ("segment", self.cache_lens))(*args)
+
+    def useful(self, pool):
+        return pool.num_tokens  # every step of a live row decodes one token
+
+    def result(self, pool) -> engine.DecodeResult:
+        return engine.DecodeResult(pool.out, pool.num_tokens, pool.stats, pool.finite)
+
+    def rows(self, examples, result, ids):
+        return self.g._rows(examples, result, ids)
+
+
+class _SpeculativeSlots:
+    """SpecSteer / SD's pool: speculative.SpecCarry, one Draft-Verify iteration per slot per step."""
+
+    def __init__(self, g, widest: dict):
+        self.g = g
+        llm, drafter = g.models[LLM], g.stream_models[g.spec_streams["draft"]]
+        slm = g.models.get(SLM, drafter)
+        self.params = (llm.params, slm.params, None if drafter.params is slm.params else drafter.params)
+        width = lambda streams: speculative.cache_len_for(max(widest[g.spec_streams[k]] for k in streams),
+                                                          g.max_new_tokens, g.spec.num_draft)
+        self.cache_lens = (width(["llm"]), width([k for k in g.spec_streams if k != "llm"]))
+        self.static = dict(cfg_llm=llm.cfg, cfg_slm=slm.cfg, spec=g.spec, max_new_tokens=g.max_new_tokens)
+
+    def empty(self, rows):
+        args = (rows, *self.params[:2])
+        return self.g.compiled(empty_spec_pool, args, dict(self.static, cache_lens=self.cache_lens),
+                               ("spec_pool", self.cache_lens))(*args)
+
+    def insert(self, pool, slot, prompts: dict, rows):
+        prompts = {k: prompts[v] for k, v in self.g.spec_streams.items()}
+        args = (pool, jnp.int32(slot), *self.params, prompts, rows)
+        signature = ("spec_insert", tuple((s, p.tokens.shape[1]) for s, p in prompts.items()), self.cache_lens)
+        return self.g.compiled(insert_spec, args, dict(self.static, cache_lens=self.cache_lens), signature)(*args)
+
+    def segment(self, pool, segment_steps: int):
+        g = self.g
+        args = (pool, *self.params, jnp.asarray(g.eos_ids, jnp.int32))
+        static = dict(self.static, vocab_limit=g.vocab_limit, greedy=g.sampling.greedy, segment_steps=segment_steps)
+        return g.compiled(run_spec_segment, args, static, ("spec_segment", self.cache_lens))(*args)
+
+    def useful(self, pool):
+        return pool.stats["llm_calls"]  # one per iteration of a live row
+
+    def result(self, pool) -> engine.DecodeResult:
+        return speculative.spec_result(pool, jnp.asarray(self.g.eos_ids, jnp.int32), self.g.max_new_tokens)
+
+    def rows(self, examples, result, ids):
+        return self.g._speculative_rows(examples, result, ids)
+
+
 class ContinuousDecoder:
     """Decodes examples through a generator's method with a pool of generator.batch_size slots.
-    `run` calls on_rows(rows, stats) as rows finish (rows in the generator's row format)."""
+    `run` calls on_rows(rows, stats, positions) as rows finish (rows in the generator's row
+    format; positions index the examples given to `run`)."""
 
     def __init__(self, generator, segment_steps: int = 8):
         check_continuous(generator.method, copy_guard=generator.copy_guard, mesh=generator.mesh,
@@ -147,62 +282,51 @@ class ContinuousDecoder:
         self.generator, self.segment_steps = generator, segment_steps
         self.figures = SlotFigures()
 
-    def _compiled_call(self, fn, signature, *args, **static):
-        return self.generator.compiled(fn, args, static, signature)(*args)
-
-    def run(self, examples: Iterable, on_rows: Callable[[list, dict], Any]) -> None:
+    def run(self, examples: Iterable, on_rows: Callable[[list, dict, list], Any],
+            hyper_rows: list[dict] | None = None) -> None:
+        """hyper_rows (optional, one per example): each row's own hyperparameters (sweeps)."""
         g = self.generator
         examples = list(examples)
         if not examples:
             return
-        batch, layout, method = g.batch_size, g.layout, g.method
-        params = tuple(m.params for m in g.group_models)
-        cfgs = tuple(m.cfg for m in g.group_models)
+        batch = g.batch_size
         ids = {e.id: g.stream_ids(e) for e in examples}
         widest = {s: max(bucket_width(len(ids[e.id][s])) for e in examples) for s in ids[examples[0].id]}
-        cache_lens = tuple(round_up(max(widest[n] for n in names) + g.max_new_tokens, 16) for names in layout.groups)
-        common = dict(cfgs=cfgs, layout=layout, vocab_limit=g.vocab_limit)
-        loop = dict(common, policy=method.policy, greedy=g.sampling.greedy, max_new_tokens=g.max_new_tokens)
-        eos = jnp.asarray(g.eos_ids, jnp.int32)
+        slots = (_SpeculativeSlots if g.spec is not None else _TokenLoopSlots)(g, widest)
         # Per-row inputs of the empty pool: placeholders, each slot's own are written at insert.
         keys, _, temperature, top_p = g._sampling_args([examples[0]] * batch)
-        rows = engine.RowInputs(hyper_arrays(method, g.hyper, batch), keys, temperature, top_p)
-        widths = tuple(g.vocab_limit or m.cfg.vocab_size for m in g.group_models)
-        pool = self._compiled_call(empty_pool, ("pool", cache_lens), params, method.init_state(batch), rows, eos,
-                                   **loop, cache_lens=cache_lens, vocab_widths=widths)
-        queue = list(reversed(examples))
-        occupant: list = [None] * batch
+        pool = slots.empty(engine.RowInputs(hyper_arrays(g.method, g.hyper, batch), keys, temperature, top_p))
+        queue = list(reversed(range(len(examples))))
+        occupant: list = [None] * batch  # position in `examples` of each slot's row
         while queue or any(o is not None for o in occupant):
             for slot in range(batch):
                 if occupant[slot] is None and queue:
-                    example = queue.pop()
-                    pool = self._insert(pool, slot, example, ids[example.id], params, cache_lens, common)
-                    occupant[slot] = example
-            before = np.asarray(pool.num_tokens)
-            pool, taken = self._compiled_call(run_segment, ("segment", cache_lens), params, pool, eos, **loop,
-                                              segment_steps=self.segment_steps)
-            done, num_tokens = jax.device_get((pool.done, pool.num_tokens))
+                    position = queue.pop()
+                    example = examples[position]
+                    hyper = [hyper_rows[position]] if hyper_rows is not None else g.hyper
+                    pool = slots.insert(pool, slot, self._prompts(ids[example.id]), self._rows(example, hyper))
+                    occupant[slot] = position
+            before = np.asarray(slots.useful(pool))
+            pool, taken = slots.segment(pool, self.segment_steps)
+            done, useful = jax.device_get((pool.done, slots.useful(pool)))
             live = np.asarray([o is not None for o in occupant])
             self.figures.slot_steps += int(taken) * batch
-            self.figures.useful_slot_steps += int(np.sum((num_tokens - before)[live]))
+            self.figures.useful_slot_steps += int(np.sum((useful - before)[live]))
             finished = [b for b in range(batch) if occupant[b] is not None and done[b]]
             if finished:
-                out, stats, finite = jax.device_get((pool.out, pool.stats, pool.finite))
-                take = lambda x: np.asarray(x)[finished]
-                result = engine.DecodeResult(take(out), take(num_tokens), jax.tree.map(take, stats), take(finite))
-                done_examples = [occupant[b] for b in finished]
-                on_rows(*g._rows(done_examples, result, [ids[e.id] for e in done_examples]))
+                result = jax.tree.map(lambda x: np.asarray(x)[finished], jax.device_get(slots.result(pool)))
+                positions = [occupant[b] for b in finished]
+                done_examples = [examples[p] for p in positions]
+                on_rows(*slots.rows(done_examples, result, [ids[e.id] for e in done_examples]), positions)
                 for b in finished:
                     occupant[b] = None
 
-    def _insert(self, pool, slot, example, example_ids, params, cache_lens, common):
-        g = self.generator
-        prompts = {s: engine.Prompt(jnp.asarray([list(t) + [0] * (bucket_width(len(t)) - len(t))], jnp.int32),
-                                    jnp.asarray([len(t)], jnp.int32))
-                   for s, t in example_ids.items()}
-        keys, _, temperature, top_p = g._sampling_args([example])
-        rows = engine.RowInputs(hyper_arrays(g.method, g.hyper, 1), keys, temperature, top_p)
-        signature = ("insert", tuple((s, p.tokens.shape[1]) for s, p in prompts.items()), cache_lens)
-        return self._compiled_call(insert, signature, params, pool, jnp.int32(slot), prompts, g.method.init_state(1),
-                                   rows, **common, cache_lens=cache_lens)
+    @staticmethod
+    def _prompts(example_ids: dict) -> dict:
+        return {s: engine.Prompt(jnp.asarray([list(t) + [0] * (bucket_width(len(t)) - len(t))], jnp.int32),
+                                 jnp.asarray([len(t)], jnp.int32))
+                for s, t in example_ids.items()}
 
+    def _rows(self, example, hyper) -> engine.RowInputs:
+        keys, _, temperature, top_p = self.generator._sampling_args([example])
+        return engine.RowInputs(hyper_arrays(self.generator.method, hyper, 1), keys, temperature, top_p)

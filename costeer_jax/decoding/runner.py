@@ -373,6 +373,10 @@ class Generator:
         result = self._compile_and_run(speculative.decode, params, args, static,
                                        ("speculative", tuple(widths.items()), static["cache_lens"], _guard_width(guard),
                                         params_draft is not None, _adapters_signature(draft_adapters)))
+        return self._speculative_rows(examples, result, ids, adapter_names)
+
+    def _speculative_rows(self, examples, result, ids, adapter_names=None) -> tuple[list[dict], dict]:
+        """_rows plus each row's acceptance and link figures."""
         rows, stats = self._rows(examples, result, ids, adapter_names)
         for row in rows:
             row.update(speculative.stats_summary(row, len(row["token_ids"])))
@@ -394,10 +398,7 @@ class Generator:
             self.models[LLM], self.models[SLM], self.alignment, self.bridge.aux, streams, hyper, keys, temperature,
             top_p, num_draft=k, max_new_tokens=self.max_new_tokens, greedy=self.sampling.greedy, cache_lens=cache_lens)
         self.host_seconds += result.host_seconds
-        rows, stats = self._rows(examples, result, ids)
-        for row in rows:
-            row.update(speculative.stats_summary(row, len(row["token_ids"])))
-        return rows, stats
+        return self._speculative_rows(examples, result, ids)
 
     def _rows(self, examples, result, ids, adapter_names=None) -> tuple[list[dict], dict]:
         real = len(examples)
@@ -489,7 +490,7 @@ def generate_to_file(generator: Generator, examples: Iterable, output: Path, *,
         raise ValueError(f"--batching must be static or continuous (got {batching!r})")
     decoder = continuous.ContinuousDecoder(generator, segment_steps) if batching == continuous.CONTINUOUS else None
     with open(output, "a") as f:
-        def write(rows, stats):
+        def write(rows, stats, positions=None):
             for row in rows:
                 row.update(extra_fields or {})
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

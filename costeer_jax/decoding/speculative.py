@@ -40,7 +40,7 @@ import jax.numpy as jnp
 
 from costeer_jax.costs.speculative import ACCOUNTING_TOPK, CLOUD_VALUE_BYTES, token_id_bytes
 
-from costeer_jax.decoding.engine import DecodeResult, Prompt
+from costeer_jax.decoding.engine import DecodeResult, Prompt, RowInputs
 from costeer_jax.models.cache import KVCache, init_cache, round_up
 from costeer_jax.models.config import DecoderConfig
 from costeer_jax.models.decoder import decode_step_logits, forward, prefill_logits
@@ -324,68 +324,88 @@ def _all_finite(x: jax.Array) -> jax.Array:
     return jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("cfg_llm", "cfg_slm", "spec", "max_new_tokens", "vocab_limit", "greedy", "cache_lens"))
-def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Array, eos_ids: jax.Array,
-           temperature: jax.Array, top_p: jax.Array, guard: copy_guard.CopyGuard | None = None,
-           params_draft=None, draft_adapters=None, *,
-           cfg_llm: DecoderConfig, cfg_slm: DecoderConfig,
-           spec: SpecConfig, max_new_tokens: int, vocab_limit: int, greedy: bool,
-           cache_lens: tuple[int, int]) -> DecodeResult:
-    """Speculative generation of up to max_new_tokens per row.
+class SpecCarry(NamedTuple):
+    """The Draft-Verify loop's state. `iteration` is each row's own count of iterations since its
+    prefill: in one static batch every row's equals the loop counter; continuous batching
+    (decoding/continuous.py) refills a finished row's slot, whose count restarts at 0, so a row
+    draws the same keys in any batch."""
 
-    prompts: {"llm": LLM on the query, "draft": the drafter's text, and "slm_wo": SLM- on the
-    query (only when spec.uses_slm_wo and not spec.slm_wo_is_llm)}, right-padded `Prompt`s.
-    params_slm runs SLM- and, unless params_draft is given (a fine-tuned SLM+ checkpoint), the
-    drafter; it may be the same pytree as params_llm. draft_adapters (models/lora.RowAdapters)
-    make the drafter the SLM plus a LoRA adapter (SpecSteer A.2), on the same base weights.
-    row_keys [B]: per-row PRNG keys, folded with the iteration index (a row runs iteration i at
-    loop step i whatever its batch, so its draws do not depend on batch composition).
-    cache_lens (LLM's, SLM streams') must each hold its widest prompt + max_new_tokens + K + 1.
+    iteration: jax.Array  # [B]
+    llm_cache: KVCache
+    draft_cache: KVCache
+    wo_cache: KVCache | None
+    llm_pending: jax.Array
+    draft_pending: jax.Array
+    wo_pending: jax.Array | None
+    out: jax.Array  # [B, max_new_tokens + K + 1]: room for a full run at any offset
+    num_tokens: jax.Array
+    done: jax.Array
+    finite: jax.Array
+    stats: dict
+    cloud: jax.Array  # [B, (max_new_tokens + 1) * (K+1)] uplinked ids, in order
+    cloud_count: jax.Array  # [B]
+    recent: Any  # [B, N-1] last committed tokens (copy guard), or None
+    rows: RowInputs  # per-row hyperparameters (spec_lambda, spec_beta), keys, temperature, top_p
 
-    The result's cloud_tokens / cloud_counts record, per row and in order, what was uplinked
-    (privacy.py): each iteration's K drafts, then the token drawn at the first rejection (or the
-    bonus) when the row commits it. With a copy guard, the drafter cannot propose, and the
-    recovery cannot draw, a token completing a verbatim N-token copy of the private context.
-    """
-    k = spec.num_draft
-    draft_steps = k + 1 if spec.bonus else k  # with the bonus, draft_K's K/V must be cached too
-    batch = prompts["llm"].tokens.shape[0]
-    separate_slm_wo = spec.uses_slm_wo and not spec.slm_wo_is_llm
 
+def _separate_slm_wo(spec: SpecConfig) -> bool:
+    return spec.uses_slm_wo and not spec.slm_wo_is_llm
+
+
+def _start_carry(caches: tuple, pendings: tuple, rows: RowInputs, done: jax.Array, guard, *, spec: SpecConfig,
+                 max_new_tokens: int) -> SpecCarry:
+    k, batch = spec.num_draft, done.shape[0]
+    zeros_i = jnp.zeros((batch,), jnp.int32)
+    stats = {name: jnp.zeros((batch,), jnp.float32 if name.endswith("_bytes") else jnp.int32)
+             for name in STAT_NAMES}
+    return SpecCarry(zeros_i, *caches, *pendings, jnp.zeros((batch, max_new_tokens + k + 1), jnp.int32), zeros_i,
+                     done, jnp.ones((batch,), bool), stats,
+                     jnp.zeros((batch, (max_new_tokens + 1) * (k + 1)), jnp.int32), zeros_i,
+                     None if guard is None else copy_guard.empty_recent(guard, batch), rows)
+
+
+def spec_prefill(params_llm, params_slm, prompts: dict, rows: RowInputs, guard=None, params_draft=None,
+                 draft_adapters=None, *, cfg_llm: DecoderConfig, cfg_slm: DecoderConfig, spec: SpecConfig,
+                 max_new_tokens: int, cache_lens: tuple[int, int]) -> SpecCarry:
+    """Every stream's prompt (minus its pending last token) into its cache: the loop's first state."""
     llm_cache, llm_pending = _prefill_all_but_last(params_llm, cfg_llm, prompts["llm"], cache_lens[0])
     params_draft = params_slm if params_draft is None else params_draft
     draft_cache, draft_pending = _prefill_all_but_last(params_draft, cfg_slm, prompts["draft"], cache_lens[1],
                                                        draft_adapters)
     wo_cache, wo_pending = None, None
-    if separate_slm_wo:
+    if _separate_slm_wo(spec):
         wo_cache, wo_pending = _prefill_all_but_last(params_slm, cfg_slm, prompts["slm_wo"], cache_lens[1])
+    done = jnp.zeros(llm_pending.shape, bool)
+    return _start_carry((llm_cache, draft_cache, wo_cache), (llm_pending, draft_pending, wo_pending), rows, done,
+                        guard, spec=spec, max_new_tokens=max_new_tokens)
 
-    class Carry(NamedTuple):
-        iteration: jax.Array
-        llm_cache: KVCache
-        draft_cache: KVCache
-        wo_cache: KVCache | None
-        llm_pending: jax.Array
-        draft_pending: jax.Array
-        wo_pending: jax.Array | None
-        out: jax.Array  # [B, max_new_tokens + K + 1]: room for a full run at any offset
-        num_tokens: jax.Array
-        done: jax.Array
-        finite: jax.Array
-        stats: dict
-        cloud: jax.Array  # [B, max_new_tokens * (K+1) + K+1] uplinked ids, in order
-        cloud_count: jax.Array  # [B]
-        recent: Any  # [B, N-1] last committed tokens (copy guard), or None
 
-    def cond(c: Carry):
-        # Every iteration commits >= 1 token to each active row, so this bound is never binding
-        # before the budget is; it only makes the trip count provably finite.
-        return (c.iteration < max_new_tokens) & ~jnp.all(c.done)
+def spec_empty(rows: RowInputs, params_llm, params_slm, *, cfg_llm: DecoderConfig, cfg_slm: DecoderConfig,
+               spec: SpecConfig, max_new_tokens: int, cache_lens: tuple[int, int]) -> SpecCarry:
+    """A state of B empty rows (all done) with caches of the given lengths: continuous batching's pool."""
+    batch = rows.row_keys.shape[0]
+    cache = lambda cfg, params, n: init_cache(cfg, batch, n, params["embed"].dtype)
+    pending = jnp.zeros((batch,), jnp.int32)
+    wo = _separate_slm_wo(spec)
+    caches = (cache(cfg_llm, params_llm, cache_lens[0]), cache(cfg_slm, params_slm, cache_lens[1]),
+              cache(cfg_slm, params_slm, cache_lens[1]) if wo else None)
+    return _start_carry(caches, (pending, pending, pending if wo else None), rows, jnp.ones((batch,), bool), None,
+                        spec=spec, max_new_tokens=max_new_tokens)
 
-    def body(c: Carry):
-        iteration_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row_keys, c.iteration)
+
+def make_spec_iteration(params_llm, params_slm, eos_ids: jax.Array, guard=None, params_draft=None,
+                        draft_adapters=None, *, cfg_llm: DecoderConfig, cfg_slm: DecoderConfig, spec: SpecConfig,
+                        max_new_tokens: int, vocab_limit: int, greedy: bool) -> Callable[[SpecCarry], SpecCarry]:
+    """One Draft-Verify iteration of every row: SpecCarry -> SpecCarry (done rows commit nothing)."""
+    k = spec.num_draft
+    draft_steps = k + 1 if spec.bonus else k  # with the bonus, draft_K's K/V must be cached too
+    separate_slm_wo = _separate_slm_wo(spec)
+    params_draft = params_slm if params_draft is None else params_draft
+
+    def body(c: SpecCarry) -> SpecCarry:
+        batch = c.done.shape[0]
+        hyper, temperature, top_p = c.rows.hyper, c.rows.temperature, c.rows.top_p
+        iteration_keys = jax.vmap(jax.random.fold_in)(c.rows.row_keys, c.iteration)
         draft_keys, accept_keys, recover_keys = jnp.moveaxis(
             jax.vmap(lambda key: jax.random.split(key, 3))(iteration_keys), 1, 0)
 
@@ -483,22 +503,60 @@ def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Arr
         stats = {name: c.stats[name] + jnp.where(active, increments[name], 0).astype(c.stats[name].dtype)
                  for name in STAT_NAMES}
         done = c.done | ~finite_now | ended_on_eos | (num_tokens >= max_new_tokens)
-        return Carry(c.iteration + 1, llm_cache, draft_cache, wo_cache, llm_pending, draft_pending, wo_pending,
-                     out, num_tokens, done, c.finite & (finite_now | c.done), stats, cloud, cloud_count, recent)
+        return SpecCarry(c.iteration + 1, llm_cache, draft_cache, wo_cache, llm_pending, draft_pending, wo_pending,
+                         out, num_tokens, done, c.finite & (finite_now | c.done), stats, cloud, cloud_count, recent,
+                         c.rows)
 
-    zeros_i = jnp.zeros((batch,), jnp.int32)
-    stats = {name: jnp.zeros((batch,), jnp.float32 if name.endswith("_bytes") else jnp.int32)
-             for name in STAT_NAMES}
-    init = Carry(jnp.int32(0), llm_cache, draft_cache, wo_cache, llm_pending, draft_pending, wo_pending,
-                 jnp.zeros((batch, max_new_tokens + k + 1), jnp.int32), zeros_i,
-                 jnp.zeros((batch,), bool), jnp.ones((batch,), bool), stats,
-                 jnp.zeros((batch, (max_new_tokens + 1) * (k + 1)), jnp.int32), zeros_i,
-                 None if guard is None else copy_guard.empty_recent(guard, batch))
-    final = jax.lax.while_loop(cond, body, init)
-    # As the engine: positions past a row's num_tokens hold eos_ids[0].
-    filled = jnp.arange(max_new_tokens)[None, :] < final.num_tokens[:, None]
-    tokens = jnp.where(filled, final.out[:, :max_new_tokens], eos_ids[0])
-    return DecodeResult(tokens, final.num_tokens, final.stats, final.finite, final.cloud, final.cloud_count)
+    return body
+
+
+def spec_result(c: SpecCarry, eos_ids: jax.Array, max_new_tokens: int) -> DecodeResult:
+    """The rows' tokens (as the engine: positions past a row's num_tokens hold eos_ids[0]), stats
+    and what was uplinked."""
+    filled = jnp.arange(max_new_tokens)[None, :] < c.num_tokens[:, None]
+    tokens = jnp.where(filled, c.out[:, :max_new_tokens], eos_ids[0])
+    return DecodeResult(tokens, c.num_tokens, c.stats, c.finite, c.cloud, c.cloud_count)
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("cfg_llm", "cfg_slm", "spec", "max_new_tokens", "vocab_limit", "greedy", "cache_lens"))
+def decode(params_llm, params_slm, prompts: dict, hyper: dict, row_keys: jax.Array, eos_ids: jax.Array,
+           temperature: jax.Array, top_p: jax.Array, guard: copy_guard.CopyGuard | None = None,
+           params_draft=None, draft_adapters=None, *,
+           cfg_llm: DecoderConfig, cfg_slm: DecoderConfig,
+           spec: SpecConfig, max_new_tokens: int, vocab_limit: int, greedy: bool,
+           cache_lens: tuple[int, int]) -> DecodeResult:
+    """Speculative generation of up to max_new_tokens per row.
+
+    prompts: {"llm": LLM on the query, "draft": the drafter's text, and "slm_wo": SLM- on the
+    query (only when spec.uses_slm_wo and not spec.slm_wo_is_llm)}, right-padded `Prompt`s.
+    params_slm runs SLM- and, unless params_draft is given (a fine-tuned SLM+ checkpoint), the
+    drafter; it may be the same pytree as params_llm. draft_adapters (models/lora.RowAdapters)
+    make the drafter the SLM plus a LoRA adapter (SpecSteer A.2), on the same base weights.
+    row_keys [B]: per-row PRNG keys, folded with the row's iteration index (a row runs its
+    iteration i with the same key whatever its batch, so its draws do not depend on batch
+    composition). cache_lens (LLM's, SLM streams') must each hold its widest prompt +
+    max_new_tokens + K + 1.
+
+    The result's cloud_tokens / cloud_counts record, per row and in order, what was uplinked
+    (privacy.py): each iteration's K drafts, then the token drawn at the first rejection (or the
+    bonus) when the row commits it. With a copy guard, the drafter cannot propose, and the
+    recovery cannot draw, a token completing a verbatim N-token copy of the private context.
+    """
+    static = dict(cfg_llm=cfg_llm, cfg_slm=cfg_slm, spec=spec, max_new_tokens=max_new_tokens)
+    rows = RowInputs(hyper, row_keys, temperature, top_p)
+    init = spec_prefill(params_llm, params_slm, prompts, rows, guard, params_draft, draft_adapters, **static,
+                        cache_lens=cache_lens)
+    body = make_spec_iteration(params_llm, params_slm, eos_ids, guard, params_draft, draft_adapters, **static,
+                               vocab_limit=vocab_limit, greedy=greedy)
+
+    def cond(c: SpecCarry):
+        # Every iteration commits >= 1 token to each active row, so this bound is never binding
+        # before the budget is; it only makes the trip count provably finite.
+        return (jnp.max(c.iteration) < max_new_tokens) & ~jnp.all(c.done)
+
+    return spec_result(jax.lax.while_loop(cond, body, init), eos_ids, max_new_tokens)
 
 
 def cache_len_for(prompt_width: int, max_new_tokens: int, num_draft: int) -> int:

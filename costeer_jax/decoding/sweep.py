@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from costeer_jax.decoding import continuous
 from costeer_jax.decoding.hyperparams import check_hyper
 from costeer_jax.decoding.methods import DEFAULT_HYPER, Method
 from costeer_jax.decoding.runner import Generator, RunFigures, repair_torn_tail
@@ -204,13 +205,16 @@ def read_done(path: Path, expected_config: Mapping[str, Any]) -> set[str]:
 
 def run_sweep(generator: Generator, examples: Iterable, configs: Sequence[SweepConfig],
               output_dir: str | Path, *, progress: bool = True, static_config: Mapping[str, Any] | None = None,
-              extra_fields: Mapping[str, Any] | None = None) -> SweepFigures:
+              extra_fields: Mapping[str, Any] | None = None, batching: str = "static",
+              segment_steps: int = 8) -> SweepFigures:
     """Decodes every (example, configuration) row not yet in OUTPUT_DIR, `generator.batch_size`
     rows per batch with per-row hyperparameters; after each batch every touched file is flushed
     and fsynced. The generator's method must be built with max_T >= `max_T(configs)`.
 
     Rows are `generator.run_batch` rows plus {"config": hyper | static_config} and `extra_fields`,
     written to `output_path(output_dir, config)` - generate.py's format for that configuration.
+    batching="continuous" decodes the rows through continuous batching's slots instead
+    (decoding/continuous.py; rows are flushed as they finish).
     """
     from tqdm import tqdm
 
@@ -242,27 +246,39 @@ def run_sweep(generator: Generator, examples: Iterable, configs: Sequence[SweepC
     bar = tqdm(total=len(todo), desc=f"sweep {generator.method.name} x{len(configs)}", unit="row",
                file=sys.stderr, disable=not progress)
     files: dict[int, Any] = {}
+
+    def write(items: list, rows: list, stats: dict) -> None:
+        touched = set()
+        for (_, c), row in zip(items, rows):
+            row["config"] = dict(row_configs[c])
+            row.update(extra_fields or {})
+            if c not in files:
+                files[c] = open(output_path(output_dir, configs[c]), "a")
+            files[c].write(json.dumps(row, ensure_ascii=False) + "\n")
+            touched.add(c)
+        for c in touched:
+            files[c].flush()
+            os.fsync(files[c].fileno())
+        figures.rows += len(rows)
+        figures.run.tokens += sum(len(r["token_ids"]) for r in rows)
+        for k, v in stats.items():
+            figures.run.stats[k] = figures.run.stats.get(k, 0) + v
+        bar.update(len(rows))
+
     try:
-        for start in range(0, len(todo), generator.batch_size):
-            batch = todo[start:start + generator.batch_size]
-            rows, stats = generator.run_batch([examples[i] for i, _ in batch],
-                                              hyper_rows=[configs[c].hyper for _, c in batch])
-            touched = set()
-            for (_, c), row in zip(batch, rows):
-                row["config"] = dict(row_configs[c])
-                row.update(extra_fields or {})
-                if c not in files:
-                    files[c] = open(output_path(output_dir, configs[c]), "a")
-                files[c].write(json.dumps(row, ensure_ascii=False) + "\n")
-                touched.add(c)
-            for c in touched:
-                files[c].flush()
-                os.fsync(files[c].fileno())
-            figures.rows += len(rows)
-            figures.run.tokens += sum(len(r["token_ids"]) for r in rows)
-            for k, v in stats.items():
-                figures.run.stats[k] = figures.run.stats.get(k, 0) + v
-            bar.update(len(rows))
+        if batching == continuous.CONTINUOUS:
+            # The same slots as generate.py's continuous batching; each row brings its configuration.
+            decoder = continuous.ContinuousDecoder(generator, segment_steps)
+            decoder.run([examples[i] for i, _ in todo],
+                        lambda rows, stats, positions: write([todo[p] for p in positions], rows, stats),
+                        hyper_rows=[configs[c].hyper for _, c in todo])
+            figures.run.slot_steps = decoder.figures.slot_steps
+            figures.run.useful_slot_steps = decoder.figures.useful_slot_steps
+        else:
+            for start in range(0, len(todo), generator.batch_size):
+                batch = todo[start:start + generator.batch_size]
+                write(batch, *generator.run_batch([examples[i] for i, _ in batch],
+                                                  hyper_rows=[configs[c].hyper for _, c in batch]))
     finally:
         for f in files.values():
             f.close()
