@@ -20,6 +20,8 @@ layout measured faster for its shape on XLA:CPU at batch 1 and 8 (BUILD_NOTES.md
 """
 from __future__ import annotations
 
+import functools
+
 from typing import Any
 
 import jax
@@ -176,12 +178,22 @@ def packed_hidden(params: Params, cfg: DecoderConfig, tokens: jax.Array, positio
         out = jnp.einsum("bkgst,btkd->bskgd", probs, v, preferred_element_type=acc)
         return out.reshape(b, s, cfg.num_heads * hd).astype(q.dtype), state
 
-    # No jax.checkpoint per layer: measured with compiled.memory_analysis(), XLA:CPU keeps about
-    # the same temporaries with it (3.1 vs 3.2 GB for 4 layers of SmolLM2 at 4 x 1024 tokens), so
-    # training memory grows ~0.7 GB per layer per 4 rows of 1024 (BUILD_NOTES.md, LoRA).
-    for i, (w, lora_layer) in enumerate(zip(params["layers"], _lora_layers(adapters, len(params["layers"])))):
+    # The layers run as one lax.scan over stacked weights, its body under jax.checkpoint saving the
+    # projections' outputs (dots without batch dims) and recomputing attention in the backward. An
+    # unrolled loop kept ~0.9 GB of temporaries per layer at 4 x 1024 tokens on XLA:CPU with or
+    # without a per-layer checkpoint (its recomputations are not ordered into the backward);
+    # the scan's backward runs layer by layer (BUILD_NOTES.md, LoRA).
+    n_layers = len(params["layers"])
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *params["layers"])
+    lora_stacked = None if adapters is None else jax.tree.map(lambda *a: jnp.stack(a), *adapters.layers)
+
+    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    def layer(x, xs):
+        w, lora_layer, i = xs
         drop = None if dropout is None else (dropout[0], jax.random.fold_in(dropout[1], i))
-        x, _ = _layer(x, w, cfg, cos, sin, attend, None, lora_layer, adapters, drop)
+        return _layer(x, w, cfg, cos, sin, attend, None, lora_layer, adapters, drop)[0], None
+
+    x, _ = jax.lax.scan(layer, x, (stacked, lora_stacked, jnp.arange(n_layers)))
     return rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
 
 
