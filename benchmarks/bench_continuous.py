@@ -31,6 +31,7 @@ flags.DEFINE_string("slm", "smollm2-135m-instruct", "SLM (alias or path).")
 flags.DEFINE_string("method", "costeer", "Any method continuous batching covers (e.g. costeer, specsteer, sd).")
 flags.DEFINE_string("task", "cogenesis", "Task whose first --limit rows are decoded.")
 flags.DEFINE_string("data_dir", None, "Data folder (default: the task's).")
+flags.DEFINE_string("preference", None, "Preference tasks (truthfulqa, helpsteer, ultrachat, ...): concise|creative|uplifting|verbose.")
 flags.DEFINE_integer("limit", 24, "Rows.")
 flags.DEFINE_integer("batch_size", 8, "Rows per static batch = slots of the continuous pool.")
 flags.DEFINE_integer("max_new_tokens", 512, "Budget per row.")
@@ -60,11 +61,11 @@ def main(argv):
     from costeer_jax.decoding.methods import get_method
     from costeer_jax.decoding.runner import Generator, generate_to_file
 
-    examples = load_task(FLAGS.task, limit=FLAGS.limit, data_dir=FLAGS.data_dir)
+    examples = load_task(FLAGS.task, limit=FLAGS.limit, data_dir=FLAGS.data_dir, preference=FLAGS.preference)
     order = {e.id: i for i, e in enumerate(sorted(examples, key=lambda e: len(e.personalized_query) + len(e.query)))}
     models = load_pair(FLAGS.llm, FLAGS.slm)
     result = {"machine": machine_note(), "llm": FLAGS.llm, "slm": FLAGS.slm, "method": FLAGS.method,
-              "task": FLAGS.task, "rows": len(examples), "batch_size": FLAGS.batch_size,
+              "task": FLAGS.task, "preference": FLAGS.preference, "rows": len(examples), "batch_size": FLAGS.batch_size,
               "max_new_tokens": FLAGS.max_new_tokens, "segment_steps": FLAGS.segment_steps, "modes": {}}
     tokens_by_mode = {}
     with tempfile.TemporaryDirectory() as d:
