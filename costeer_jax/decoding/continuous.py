@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from costeer_jax.decoding import engine, speculative
-from costeer_jax.decoding.methods import LLM, SLM, hyper_arrays
+from costeer_jax.decoding.methods import hyper_arrays
 from costeer_jax.decoding.runner import bucket_width
-from costeer_jax.models.cache import KVCache, init_cache, round_up
+from costeer_jax.models.cache import KVCache, init_cache
 
 STATIC, CONTINUOUS = "static", "continuous"
 
@@ -191,8 +191,7 @@ class _TokenLoopSlots:
         self.g = g
         self.params = tuple(m.params for m in g.group_models)
         cfgs = tuple(m.cfg for m in g.group_models)
-        self.cache_lens = tuple(round_up(max(widest[n] for n in names) + g.max_new_tokens, 16)
-                                for names in g.layout.groups)
+        self.cache_lens = g.token_loop_cache_lens(widest)
         self.common = dict(cfgs=cfgs, layout=g.layout, vocab_limit=g.vocab_limit)
         self.loop = dict(self.common, policy=g.method.policy, greedy=g.sampling.greedy,
                          max_new_tokens=g.max_new_tokens)
@@ -234,12 +233,9 @@ class _SpeculativeSlots:
 
     def __init__(self, g, widest: dict):
         self.g = g
-        llm, drafter = g.models[LLM], g.stream_models[g.spec_streams["draft"]]
-        slm = g.models.get(SLM, drafter)
-        self.params = (llm.params, slm.params, None if drafter.params is slm.params else drafter.params)
-        width = lambda streams: speculative.cache_len_for(max(widest[g.spec_streams[k]] for k in streams),
-                                                          g.max_new_tokens, g.spec.num_draft)
-        self.cache_lens = (width(["llm"]), width([k for k in g.spec_streams if k != "llm"]))
+        llm, slm, params_draft = g.speculative_models()
+        self.params = (llm.params, slm.params, params_draft)
+        self.cache_lens = g.speculative_cache_lens(widest)
         self.static = dict(cfg_llm=llm.cfg, cfg_slm=slm.cfg, spec=g.spec, max_new_tokens=g.max_new_tokens)
 
     def empty(self, rows):

@@ -244,8 +244,7 @@ class Generator:
             cfgs=tuple(m.cfg for m in self.group_models), layout=self.layout, policy=self.method.policy,
             gate=steering_active if any(self.layout.gated) else None,
             max_new_tokens=self.max_new_tokens, vocab_limit=self.vocab_limit, greedy=s.greedy,
-            cache_lens=tuple(round_up(max(widths[n] for n in group) + self.max_new_tokens, 16)
-                             for group in self.layout.groups))
+            cache_lens=self.token_loop_cache_lens(widths))
         result = self._compile_and_run(engine.decode, params, args, static,
                                        (tuple(widths.items()), static["cache_lens"], _guard_width(guard),
                                         _adapters_signature(group_adapters)))
@@ -354,26 +353,36 @@ class Generator:
     def _run_speculative(self, examples, padded, prompts, hyper, widths, ids):
         """specsteer / sd: the Draft-Verify kernel instead of the token loop, same row format."""
         s = self.sampling
-        llm = self.models[LLM]
-        drafter = self.stream_models[self.spec_streams["draft"]]
-        slm = self.models.get(SLM, drafter)
+        llm, slm, params_draft = self.speculative_models()
         params = (llm.params, slm.params)
         guard = self._guard(padded)
         adapters, adapter_names = self._adapter_rows(padded, [self.spec_streams["draft"]])
         draft_adapters = engine.group_row_adapters(adapters, [self.spec_streams["draft"]])
-        params_draft = None if drafter.params is slm.params else drafter.params
         args = ({k: prompts[v] for k, v in self.spec_streams.items()}, hyper, *self._sampling_args(padded), guard,
                 params_draft, draft_adapters)
-        cache_len = lambda kernel_streams: speculative.cache_len_for(
-            max(widths[self.spec_streams[k]] for k in kernel_streams), self.max_new_tokens, self.spec.num_draft)
         static = dict(
             cfg_llm=llm.cfg, cfg_slm=slm.cfg, spec=self.spec, max_new_tokens=self.max_new_tokens,
-            vocab_limit=self.vocab_limit, greedy=s.greedy,
-            cache_lens=(cache_len(["llm"]), cache_len([k for k in self.spec_streams if k != "llm"])))
+            vocab_limit=self.vocab_limit, greedy=s.greedy, cache_lens=self.speculative_cache_lens(widths))
         result = self._compile_and_run(speculative.decode, params, args, static,
                                        ("speculative", tuple(widths.items()), static["cache_lens"], _guard_width(guard),
                                         params_draft is not None, _adapters_signature(draft_adapters)))
         return self._speculative_rows(examples, result, ids, adapter_names)
+
+    def token_loop_cache_lens(self, widths: dict) -> tuple[int, ...]:
+        """Cache slots per weight group: its widest stream prompt (bucketed widths) + the budget."""
+        return tuple(round_up(max(widths[n] for n in group) + self.max_new_tokens, 16) for group in self.layout.groups)
+
+    def speculative_models(self) -> tuple[LoadedModel, LoadedModel, Any]:
+        """(LLM, SLM running SLM-, the drafter's params when it is another checkpoint, else None)."""
+        drafter = self.stream_models[self.spec_streams["draft"]]
+        slm = self.models.get(SLM, drafter)
+        return self.models[LLM], slm, None if drafter.params is slm.params else drafter.params
+
+    def speculative_cache_lens(self, widths: dict) -> tuple[int, int]:
+        """Cache slots of the LLM's stream and of the SLM streams for prompts of these widths."""
+        cache_len = lambda kernel_streams: speculative.cache_len_for(
+            max(widths[self.spec_streams[k]] for k in kernel_streams), self.max_new_tokens, self.spec.num_draft)
+        return cache_len(["llm"]), cache_len([k for k in self.spec_streams if k != "llm"])
 
     def _speculative_rows(self, examples, result, ids, adapter_names=None) -> tuple[list[dict], dict]:
         """_rows plus each row's acceptance and link figures."""
