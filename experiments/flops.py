@@ -55,7 +55,7 @@ def main(argv):
     if FLAGS.pair:
         llm, slm = (flops.PRESETS[n] for n in flops.PAPER_PAIRS[FLAGS.pair])
     elif FLAGS.slm_config:
-        llm, slm = shape_of(FLAGS.llm_config, "llm"), shape_of(FLAGS.slm_config, "slm")
+        llm, slm = flops.model_shape(FLAGS.llm_config, "llm"), flops.model_shape(FLAGS.slm_config, "slm")
     else:
         raise app.UsageError("--llm_config needs --slm_config")
     print(f"TFLOPs per answer: {llm.name} / {slm.name}, query {FLAGS.query_tokens}, {FLAGS.new_tokens} new tokens "

@@ -45,13 +45,9 @@ flags.DEFINE_bool("dry_run", False, "List the runs and their estimated FLOPs; ru
 
 def shapes():
     """FLOPs shapes of --llm/--slm: a preset name, or the checkpoint's own config (header only)."""
-    from costeer_jax.costs.flops import PRESETS, Shape
-    from costeer_jax.models.loading import load_config, resolve_model
+    from costeer_jax.costs.flops import model_shape
 
-    out = []
-    for spec in (FLAGS.llm, FLAGS.slm):
-        out.append(PRESETS[spec] if spec in PRESETS else Shape.from_config(load_config(resolve_model(spec)), spec))
-    return out
+    return [model_shape(spec) for spec in (FLAGS.llm, FLAGS.slm)]
 
 
 def analytic(spec: TableSpec) -> str:

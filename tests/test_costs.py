@@ -171,3 +171,23 @@ def test_specsteer_table11_llm_rag_row_is_reproduced_and_the_cli_prints_both_tab
     pair = subprocess.run([sys.executable, script, "--pair=Qwen3-32B/0.6B", "--context=1000", "--methods=llm_w,sd"],
                           capture_output=True, text=True, timeout=300)
     assert pair.returncode == 0 and "| sd | 1000 |" in pair.stdout
+
+
+def test_flops_cli_reads_model_shapes_from_a_config_json_and_an_alias(tmp_path):
+    """--llm_config/--slm_config take a Hugging Face config.json or any checkpoint --llm takes."""
+    import json
+    import subprocess
+    import sys
+
+    config = {"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "tie_word_embeddings": True}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    shape = flops.model_shape(str(path), "tiny")
+    assert (shape.layers, shape.hidden, shape.vocab) == (2, 64, 128)
+    script = str(Path(__file__).resolve().parents[1] / "experiments" / "flops.py")
+    done = subprocess.run([sys.executable, script, f"--llm_config={path}", "--slm_config=smollm2-135m-instruct",
+                           "--methods=costeer", "--context=100"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| costeer | 100 |" in done.stdout

@@ -54,6 +54,21 @@ PAPER_PAIRS = {"Qwen2.5-7B/1.5B": ("Qwen2.5-7B", "Qwen2.5-1.5B"), "Qwen2.5-32B/7
                "Qwen3-32B/0.6B": ("Qwen3-32B", "Qwen3-0.6B")}
 
 
+def model_shape(spec: str, name: str | None = None) -> Shape:
+    """The FLOPs shape of a preset name, a Hugging Face config.json, or any checkpoint --llm/--slm
+    takes (alias, directory, .gguf file; only the header or config is read)."""
+    if spec in PRESETS:
+        return PRESETS[spec]
+    if spec.endswith(".json"):
+        import json
+        from pathlib import Path
+
+        return Shape.from_config(DecoderConfig.from_hf(json.loads(Path(spec).read_text())), name or spec)
+    from costeer_jax.models.loading import load_config, resolve_model
+
+    return Shape.from_config(load_config(resolve_model(spec)), name or spec)
+
+
 def projection_flops(shape: Shape) -> int:
     """Matmul FLOPs of one token through every layer (no attention, no head)."""
     d, hd = shape.hidden, shape.head_dim
