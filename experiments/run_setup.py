@@ -77,8 +77,8 @@ def define_run_flags(batch_size_default: int, batch_size_help: str) -> None:
     flags.DEFINE_bool("progress", True, "tqdm progress bar on stderr.")
     flags.DEFINE_enum("batching", "static", ["static", "continuous"],
                       "static: each batch runs until its longest row ends. continuous: --batch_size slots; a finished "
-                      "row's slot takes the next prompt (same tokens per example; not for the cross-tokenizer "
-                      "methods, --copy_guard, LoRA or --mesh).")
+                      "row's slot takes the next prompt (same tokens per example; not for specsteer_cross or "
+                      "--mesh).")
     flags.DEFINE_integer("segment_steps", 8, "Continuous batching: steps (specsteer/sd: Draft-Verify iterations) "
                          "between the host's refills of finished slots.")
     define_compilation_cache_flag()
@@ -96,8 +96,7 @@ def check_batching(method) -> None:
         from costeer_jax.decoding.continuous import check_continuous
 
         try:
-            check_continuous(method, copy_guard=FLAGS.copy_guard, mesh=getattr(FLAGS, "mesh", None),
-                             adapters=bool(FLAGS.slm_plus))
+            check_continuous(method, mesh=getattr(FLAGS, "mesh", None))
         except ValueError as e:
             raise app.UsageError(str(e)) from None
     if FLAGS.segment_steps < 1:

@@ -42,29 +42,35 @@ def models(model_dirs):
     return {role: load_model(str(d)) for role, d in model_dirs.items()}
 
 
-def generator(name, models, batch_size, sampling=Sampling(), eos_ids=None):
-    gen = Generator(methods.get_method(name, max_T=4), models, max_new_tokens=MAX_NEW, batch_size=batch_size,
-                    sampling=sampling, hyper={"T": 4, "tau": 1e-7, "k_consecutive": 2})
+def generator(name, models, batch_size, sampling=Sampling(), eos_ids=None, **options):
+    """options: Generator keywords (copy_guard), `speculative` (methods.SpeculativeOptions) and
+    `guard_ids` (id -> the ids the copy guard treats as that row's private context)."""
+    speculative, guard_ids = options.pop("speculative", None), options.pop("guard_ids", None)
+    gen = Generator(methods.get_method(name, max_T=4, speculative=speculative), models, max_new_tokens=MAX_NEW,
+                    batch_size=batch_size, sampling=sampling, hyper={"T": 4, "tau": 1e-7, "k_consecutive": 2},
+                    **options)
     if eos_ids is not None:
         gen.eos_ids = eos_ids
+    if guard_ids is not None:
+        gen.guard_ids = lambda examples: ([guard_ids[e.id] for e in examples], [[] for _ in examples])
     return gen
 
 
-def static_rows(gen) -> dict:
+def static_rows(gen, examples=EXAMPLES) -> dict:
     out = {}
-    for i in range(0, len(EXAMPLES), gen.batch_size):
-        out.update({r["id"]: r for r in gen.run_batch(EXAMPLES[i:i + gen.batch_size])[0]})
+    for i in range(0, len(examples), gen.batch_size):
+        out.update({r["id"]: r for r in gen.run_batch(examples[i:i + gen.batch_size])[0]})
     return out
 
 
-def static_tokens(gen) -> dict:
-    return {i: r["token_ids"] for i, r in static_rows(gen).items()}
+def static_tokens(gen, examples=EXAMPLES) -> dict:
+    return {i: r["token_ids"] for i, r in static_rows(gen, examples).items()}
 
 
-def continuous_rows(gen, segment_steps=3) -> tuple[dict, continuous.ContinuousDecoder]:
+def continuous_rows(gen, segment_steps=3, examples=EXAMPLES) -> tuple[dict, continuous.ContinuousDecoder]:
     out = {}
     decoder = continuous.ContinuousDecoder(gen, segment_steps)
-    decoder.run(EXAMPLES, lambda rows, stats, positions: out.update({r["id"]: r for r in rows}))
+    decoder.run(examples, lambda rows, stats, positions: out.update({r["id"]: r for r in rows}))
     return out, decoder
 
 
@@ -72,11 +78,12 @@ def mixed_length_eos(name, models, sampling) -> list[int]:
     return mixed_length_eos_and_free_tokens(name, models, sampling)[0]
 
 
-def mixed_length_eos_and_free_tokens(name, models, sampling) -> tuple[list[int], dict]:
+def mixed_length_eos_and_free_tokens(name, models, sampling, examples=EXAMPLES, **options) -> tuple[list[int], dict]:
     """EOS ids under which the rows end at as many different lengths as a few ids allow: chosen
     greedily among the tokens the rows emit without them (a row ends at its first EOS); and
-    those tokens (static batch 3, the test models' own EOS)."""
-    free_rows = static_tokens(generator(name, models, 3, sampling))
+    those tokens (static batch 3, the test models' own EOS). The ids are the rows' token_ids:
+    with two tokenizers the LLM's, which the caller maps to the shared indices the loop stops on."""
+    free_rows = static_tokens(generator(name, models, 3, sampling, **options), examples)
     free = list(free_rows.values())
 
     def distinct_lengths(eos):
@@ -134,6 +141,92 @@ def test_continuous_equals_static_with_mixed_lengths(models, name, sampling):
     assert decoder.figures.useful_slot_steps == work <= decoder.figures.slot_steps
 
 
+def assert_continuous_equals_static(name, models, sampling=Sampling(), examples=EXAMPLES, eos_of=None, **options):
+    """Continuous (2 slots) gives every example static batch 3's tokens (and, for specsteer/sd,
+    its verification figures), with EOS ids that end the rows at >= 3 different lengths. Returns
+    the rows' free tokens (the models' own EOS) and the static rows. eos_of maps the chosen ids
+    (the rows' token ids) to the generator's EOS ids."""
+    eos, free = mixed_length_eos_and_free_tokens(name, models, sampling, examples, **options)
+    if eos_of is not None:
+        eos = eos_of(generator(name, models, 3, sampling, **options), eos)
+    static = static_rows(generator(name, models, 3, sampling, eos, **options), examples)
+    ours, decoder = continuous_rows(generator(name, models, 2, sampling, eos, **options), examples=examples)
+    figures = ("token_ids", "adapter", "llm_calls", "accepted_tokens", "recovered_tokens", "uplink_bytes")
+    assert {i: [r.get(f) for f in figures] for i, r in ours.items()} == \
+        {i: [r.get(f) for f in figures] for i, r in static.items()}
+    lengths = sorted(len(r["token_ids"]) for r in static.values())
+    assert len(set(lengths)) >= 3, lengths
+    assert decoder.figures.useful_slot_steps <= decoder.figures.slot_steps
+    return free, static
+
+
+@pytest.mark.parametrize("name", ["costeer", pytest.param("specsteer", marks=pytest.mark.slow)])
+def test_continuous_with_a_copy_guard_equals_static(models, name):
+    """Each slot takes its row's guard windows (one width for the run's widest context). The
+    rows' "private context" is their own unguarded output, so the guard bites on every row."""
+    free = static_tokens(generator(name, models, 3))
+    guarded, _ = assert_continuous_equals_static(name, models, copy_guard=3, guard_ids=free)
+    assert all(guarded[i][:3] != free[i][:3] for i in free)
+
+
+@pytest.fixture(scope="module")
+def adapter_setup(models, tmp_path_factory):
+    """Two random-weight LoRA adapters of the test SLM, saved (rows may name one by path)."""
+    import dataclasses
+
+    import jax
+
+    from costeer_jax.models import lora
+
+    slm = models[methods.SLM]
+    root = tmp_path_factory.mktemp("continuous_adapters")
+    paths = {}
+    for name, seed, config in (("A", 1, lora.LoraConfig(rank=4, alpha=8.0)), ("B", 2, lora.LoraConfig(rank=2, alpha=2.0))):
+        adapter = lora.init_adapter(jax.random.key(seed), slm.cfg, config)
+        leaves, tree = jax.tree.flatten(adapter)
+        keys = jax.random.split(jax.random.key(seed + 50), len(leaves))
+        adapter = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+        paths[name] = lora.save_adapter(root / name, adapter, config, "tiny", slm.cfg)
+        if name == "A":
+            adapted = dataclasses.replace(slm, name="A", adapter=(adapter, config))
+    # Rows with the model's adapter (A), with B by path, and with none.
+    examples = [dataclasses.replace(e, meta={"adapter": str(paths["B"])} if i % 3 == 1 else
+                                    {"adapter": "none"} if i % 3 == 2 else None) for i, e in enumerate(EXAMPLES)]
+    return {**models, methods.SLM_SFT: adapted}, examples
+
+
+@pytest.mark.parametrize("name,options", [
+    ("proxy_tuning", {}),  # sft_w (adapter rows) and slm_w (base) in one group
+    pytest.param("specsteer", {"speculative": methods.SpeculativeOptions(specsteer_drafter="sft_w")},
+                 marks=pytest.mark.slow),
+])
+def test_continuous_with_per_row_lora_adapters_equals_static(adapter_setup, name, options):
+    """Rows of the model's adapter, another adapter and none share the pool; each slot runs its
+    row's adapter (every adapter of the run stacked once)."""
+    models_with_sft, examples = adapter_setup
+    _, static = assert_continuous_equals_static(name, models_with_sft, examples=examples, **options)
+    assert {r.get("adapter") for r in static.values()} >= {"A", None}
+
+
+@pytest.mark.parametrize("name,sampling", [
+    pytest.param("costeer_map", Sampling(), marks=pytest.mark.slow),
+    ("costeer_byte", Sampling(greedy=False, temperature=0.8, seed=5)),
+])
+def test_continuous_across_tokenizers_equals_static(tiny_cross_models, name, sampling):
+    """The slots append each model's own id of the shared token chosen (the bridge is the same
+    for every row); the byte walk draws with each row's own step-folded keys."""
+    from costeer_jax.models.loading import load_model
+
+    pair = {methods.LLM: load_model(str(tiny_cross_models["smol"])),
+            methods.SLM: load_model(str(tiny_cross_models["qwen"]))}
+
+    def shared_eos(gen, llm_ids):
+        shared = {int(t): i for i, t in enumerate(gen.alignment.llm_ids)}
+        return sorted({*gen.eos_ids, *(shared[t] for t in llm_ids if t in shared)})
+
+    assert_continuous_equals_static(name, pair, sampling, eos_of=shared_eos)
+
+
 def test_continuous_sweep_writes_the_static_sweep(models, tmp_path):
     """Configurations as rows go through the same slots, each row with its own hyperparameters."""
     from costeer_jax.decoding import sweep
@@ -185,13 +278,12 @@ def test_interrupted_continuous_run_resumes_without_loss_or_duplicates(models, t
 
 
 def test_continuous_refuses_what_it_does_not_cover(models):
-    with pytest.raises(ValueError, match="--batching=continuous does not support --method=costeer_map"):
-        continuous.check_continuous(methods.get_method("costeer_map"))
+    with pytest.raises(ValueError, match="--batching=continuous does not support --method=specsteer_cross"):
+        continuous.check_continuous(methods.get_method("specsteer_cross"))
     with pytest.raises(ValueError, match="--mesh"):
         continuous.check_continuous(methods.get_method("costeer"), mesh=object())
-    gen = Generator(methods.get_method("costeer"), models, max_new_tokens=4, batch_size=2, copy_guard=4)
-    with pytest.raises(ValueError, match="--copy_guard"):
-        continuous.ContinuousDecoder(gen)
+    with pytest.raises(ValueError, match="--segment_steps must be >= 1"):
+        continuous.ContinuousDecoder(generator("costeer", models, 2), segment_steps=0)
 
 
 def test_cli_continuous_batching_writes_the_static_rows(model_dirs, tmp_path):
@@ -216,6 +308,6 @@ def test_cli_continuous_batching_writes_the_static_rows(model_dirs, tmp_path):
     assert figures["batching"] == "continuous" and 0 < figures["useful_slot_share"] <= 1
     tokens = lambda path: {row["id"]: row["token_ids"] for row in map(json.loads, path.read_text().splitlines())}
     assert tokens(ours) == tokens(static)
-    r = run(f"--output={tmp_path / 'x.jsonl'}", "--method=costeer_byte", "--batching=continuous")
-    assert r.returncode != 0 and "--batching=continuous does not support --method=costeer_byte" in r.stderr
+    r = run(f"--output={tmp_path / 'x.jsonl'}", "--method=specsteer_cross", "--batching=continuous")
+    assert r.returncode != 0 and "--batching=continuous does not support --method=specsteer_cross" in r.stderr
     assert not (tmp_path / "x.jsonl").exists()

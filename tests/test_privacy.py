@@ -113,13 +113,16 @@ def test_cloud_view_is_off_by_default(models):
 # The copy guard
 
 def test_forbidden_tokens_on_a_hand_built_case():
-    guard = copy_guard.build_copy_guard([[5, 6, 7, 8, 9]], [[7, 8, 9, 1]], 3, width_multiple=4)
+    guard = copy_guard.build_copy_guard([[5, 6, 7, 8, 9]], [[7, 8, 9, 1]], 3, width=4)
     # windows (5,6)->7, (6,7)->8 live; (7,8)->9 is also in the query: not a leak, not forbidden
     for recent, expected in (([5, 6], {7}), ([6, 7], {8}), ([7, 8], set()), ([-1, 5], set()), ([1, 2], set())):
         mask = np.asarray(copy_guard.forbidden(guard, np.asarray([recent], np.int32), 12))[0]
         assert set(np.flatnonzero(mask)) == expected, recent
+    assert copy_guard.guard_width([[5, 6, 7, 8, 9]], 3) == 64 and guard.prefixes.shape == (1, 4, 2)
     with pytest.raises(ValueError, match="N must be >= 2"):
         copy_guard.build_copy_guard([[1, 2]], [[]], 1)
+    with pytest.raises(ValueError, match="width 2 is below a context's 3 windows"):
+        copy_guard.build_copy_guard([[5, 6, 7, 8, 9]], [[]], 3, width=2)
 
 
 def draft_chunks(name: str, row: dict) -> list[list[int]]:

@@ -19,8 +19,11 @@ keys are those of any static batch; a segment is `segment_steps` iterations, eac
 ragged number of tokens per row. Sweeps (configurations as rows) pass each row's
 hyperparameters, which the slot takes at insert.
 
-Not covered here (refused with a message by `check_continuous`): the cross-tokenizer methods,
-the copy guard, LoRA adapters and meshes.
+Per-row inputs that live beside the pool take the slot with the row: a copy guard's windows
+(one width W for the run's widest context), LoRA adapters (every adapter of the run stacked once;
+each slot's adapter index is an argument of the segment) and, for costeer_map / costeer_byte, the
+vocabulary bridge (the same for every row). Not covered (refused with a message by
+`check_continuous`): specsteer_cross (its Draft-Verify loop is stepped by the host) and meshes.
 """
 from __future__ import annotations
 
@@ -36,19 +39,16 @@ from costeer_jax.decoding import engine, speculative
 from costeer_jax.decoding.methods import hyper_arrays
 from costeer_jax.decoding.runner import bucket_width
 from costeer_jax.models.cache import KVCache, init_cache
+from costeer_jax.steering import copy_guard
 
 STATIC, CONTINUOUS = "static", "continuous"
 
 
-def check_continuous(method, *, copy_guard: int = 0, mesh=None, adapters: bool = False) -> None:
+def check_continuous(method, *, mesh=None) -> None:
     """Raises ValueError naming what continuous batching does not cover for this run."""
     why = None
-    if method.cross_vocab:
-        why = f"--method={method.name} (continuous batching covers the methods of one tokenizer)"
-    elif copy_guard:
-        why = "--copy_guard"
-    elif adapters:
-        why = "LoRA adapters (--slm_plus/--adapter)"
+    if method.cross_vocab == "speculative":
+        why = f"--method={method.name} (its Draft-Verify loop is stepped by the host)"
     elif mesh is not None:
         why = "--mesh"
     if why:
@@ -75,12 +75,13 @@ def _set_cache_rows(pool: KVCache, one: KVCache, slot, streams: int) -> KVCache:
 
 @functools.partial(jax.jit, static_argnames=("cfgs", "layout", "policy", "vocab_limit", "greedy", "max_new_tokens",
                                              "cache_lens", "vocab_widths"))
-def empty_pool(params_groups: tuple, policy_state: Any, rows: engine.RowInputs, eos_ids, *, cfgs, layout, policy,
-               vocab_limit, greedy, max_new_tokens, cache_lens, vocab_widths) -> engine.Carry:
-    """A pool of B slots, all empty (done): caches of the run's length, zero logits."""
+def empty_pool(params_groups: tuple, policy_state: Any, rows: engine.RowInputs, eos_ids, guard, bridge, *, cfgs,
+               layout, policy, vocab_limit, greedy, max_new_tokens, cache_lens, vocab_widths) -> engine.Carry:
+    """A pool of B slots, all empty (done): caches of the run's length, zero logits (and, with a
+    copy guard of B rows, no committed tokens)."""
     batch = rows.row_keys.shape[0]
     none = (None,) * len(layout.groups)
-    zero_stats, _ = engine.make_step(params_groups, eos_ids, None, none, None, cfgs=cfgs, layout=layout,
+    zero_stats, _ = engine.make_step(params_groups, eos_ids, None, none, bridge, cfgs=cfgs, layout=layout,
                                      policy=policy, gate=None, vocab_limit=vocab_limit, greedy=greedy)
     logits = {n: jnp.zeros((batch, vocab_widths[g]), jnp.float32)
               for g, names in enumerate(layout.groups) for n in names}
@@ -90,16 +91,21 @@ def empty_pool(params_groups: tuple, policy_state: Any, rows: engine.RowInputs, 
         steps=jnp.zeros((batch,), jnp.int32), caches=caches, logits=logits, policy_state=policy_state,
         out=jnp.zeros((batch, max_new_tokens), jnp.int32), done=jnp.ones((batch,), bool),
         num_tokens=jnp.zeros((batch,), jnp.int32), stats=zero_stats(logits, policy_state, rows),
-        finite=jnp.ones((batch,), bool), recent=None, rows=rows)
+        finite=jnp.ones((batch,), bool), recent=None if guard is None else copy_guard.empty_recent(guard, batch),
+        rows=rows)
 
 
 @functools.partial(jax.jit, static_argnames=("cfgs", "layout", "vocab_limit", "cache_lens"), donate_argnums=(1,))
 def insert(params_groups: tuple, pool: engine.Carry, slot, prompts: dict, policy_state: Any, rows: engine.RowInputs,
-           *, cfgs, layout, vocab_limit, cache_lens) -> engine.Carry:
-    """Prefills one prompt (batch 1, every stream) and makes it slot `slot`'s row, at step 0."""
+           group_adapters: tuple, *, cfgs, layout, vocab_limit, cache_lens) -> engine.Carry:
+    """Prefills one prompt (batch 1, every stream; group_adapters with that row's adapter index)
+    and makes it slot `slot`'s row, at step 0."""
     caches, logits = engine.prefill_streams(params_groups, prompts, cfgs, layout, vocab_limit, cache_lens,
-                                            (None,) * len(layout.groups))
+                                            group_adapters)
     zeroed = lambda tree: _set_row(tree, jax.tree.map(lambda a: jnp.zeros_like(a[:1]), tree), slot)
+    recent = None
+    if pool.recent is not None:
+        recent = _set_row(pool.recent, jnp.full_like(pool.recent[:1], copy_guard.NO_TOKEN), slot)
     return pool._replace(
         steps=zeroed(pool.steps), out=zeroed(pool.out), num_tokens=zeroed(pool.num_tokens), stats=zeroed(pool.stats),
         caches=[_set_cache_rows(p, c, slot, len(names)) for p, c, names in zip(pool.caches, caches, layout.groups)],
@@ -107,17 +113,23 @@ def insert(params_groups: tuple, pool: engine.Carry, slot, prompts: dict, policy
         policy_state=_set_row(pool.policy_state, policy_state, slot),
         done=jax.lax.dynamic_update_index_in_dim(pool.done, False, slot, 0),
         finite=jax.lax.dynamic_update_index_in_dim(pool.finite, True, slot, 0),
-        rows=_set_row(pool.rows, rows, slot))
+        recent=recent, rows=_set_row(pool.rows, rows, slot))
+
+
+@functools.partial(jax.jit, donate_argnums=(0,))
+def set_slot_row(pool_tree, one_tree, slot):
+    """A pytree of B-row arrays beside the pool (the copy guard's windows) with row `slot` set."""
+    return _set_row(pool_tree, one_tree, slot)
 
 
 @functools.partial(jax.jit, static_argnames=("cfgs", "layout", "policy", "vocab_limit", "greedy", "max_new_tokens",
                                              "segment_steps"), donate_argnums=(1,))
-def run_segment(params_groups: tuple, pool: engine.Carry, eos_ids, *, cfgs, layout, policy, vocab_limit, greedy,
-                max_new_tokens, segment_steps) -> tuple[engine.Carry, jax.Array]:
+def run_segment(params_groups: tuple, pool: engine.Carry, eos_ids, guard, group_adapters: tuple, bridge, *, cfgs,
+                layout, policy, vocab_limit, greedy, max_new_tokens, segment_steps) -> tuple[engine.Carry, jax.Array]:
     """Up to `segment_steps` steps of every live slot (fewer once all are done); also returns
     the steps taken. A row whose budget is spent is done."""
-    _, step = engine.make_step(params_groups, eos_ids, None, (None,) * len(layout.groups), None, cfgs=cfgs,
-                               layout=layout, policy=policy, gate=None, vocab_limit=vocab_limit, greedy=greedy)
+    _, step = engine.make_step(params_groups, eos_ids, guard, group_adapters, bridge, cfgs=cfgs, layout=layout,
+                               policy=policy, gate=None, vocab_limit=vocab_limit, greedy=greedy)
 
     def cond(state):
         i, c = state
@@ -143,29 +155,32 @@ _SPEC_STATIC = ("cfg_llm", "cfg_slm", "spec", "max_new_tokens", "cache_lens")
 
 
 @functools.partial(jax.jit, static_argnames=_SPEC_STATIC)
-def empty_spec_pool(rows: engine.RowInputs, params_llm, params_slm, *, cfg_llm, cfg_slm, spec, max_new_tokens,
+def empty_spec_pool(rows: engine.RowInputs, params_llm, params_slm, guard, *, cfg_llm, cfg_slm, spec, max_new_tokens,
                     cache_lens) -> speculative.SpecCarry:
-    return speculative.spec_empty(rows, params_llm, params_slm, cfg_llm=cfg_llm, cfg_slm=cfg_slm, spec=spec,
+    return speculative.spec_empty(rows, params_llm, params_slm, guard, cfg_llm=cfg_llm, cfg_slm=cfg_slm, spec=spec,
                                   max_new_tokens=max_new_tokens, cache_lens=cache_lens)
 
 
 @functools.partial(jax.jit, static_argnames=_SPEC_STATIC, donate_argnums=(0,))
 def insert_spec(pool: speculative.SpecCarry, slot, params_llm, params_slm, params_draft, prompts: dict,
-                rows: engine.RowInputs, *, cfg_llm, cfg_slm, spec, max_new_tokens, cache_lens) -> speculative.SpecCarry:
-    """Prefills one prompt's streams (batch 1) and makes it slot `slot`'s row, at iteration 0."""
-    one = speculative.spec_prefill(params_llm, params_slm, prompts, rows, None, params_draft, None, cfg_llm=cfg_llm,
-                                   cfg_slm=cfg_slm, spec=spec, max_new_tokens=max_new_tokens, cache_lens=cache_lens)
+                rows: engine.RowInputs, guard, draft_adapters, *, cfg_llm, cfg_slm, spec, max_new_tokens,
+                cache_lens) -> speculative.SpecCarry:
+    """Prefills one prompt's streams (batch 1; guard and draft_adapters of that one row) and
+    makes it slot `slot`'s row, at iteration 0."""
+    one = speculative.spec_prefill(params_llm, params_slm, prompts, rows, guard, params_draft, draft_adapters,
+                                   cfg_llm=cfg_llm, cfg_slm=cfg_slm, spec=spec, max_new_tokens=max_new_tokens,
+                                   cache_lens=cache_lens)
     return _set_slot(pool, one, slot)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg_llm", "cfg_slm", "spec", "max_new_tokens", "vocab_limit", "greedy",
                                              "segment_steps"), donate_argnums=(0,))
-def run_spec_segment(pool: speculative.SpecCarry, params_llm, params_slm, params_draft, eos_ids, *, cfg_llm, cfg_slm,
-                     spec, max_new_tokens, vocab_limit, greedy, segment_steps):
+def run_spec_segment(pool: speculative.SpecCarry, params_llm, params_slm, params_draft, eos_ids, guard, draft_adapters,
+                     *, cfg_llm, cfg_slm, spec, max_new_tokens, vocab_limit, greedy, segment_steps):
     """Up to `segment_steps` Draft-Verify iterations of every live slot; also returns the
     iterations taken."""
-    body = speculative.make_spec_iteration(params_llm, params_slm, eos_ids, None, params_draft, None, cfg_llm=cfg_llm,
-                                           cfg_slm=cfg_slm, spec=spec, max_new_tokens=max_new_tokens,
+    body = speculative.make_spec_iteration(params_llm, params_slm, eos_ids, guard, params_draft, draft_adapters,
+                                           cfg_llm=cfg_llm, cfg_slm=cfg_slm, spec=spec, max_new_tokens=max_new_tokens,
                                            vocab_limit=vocab_limit, greedy=greedy)
 
     def cond(state):
@@ -184,39 +199,96 @@ class SlotFigures:
     useful_slot_steps: int = 0
 
 
+class _SideInputs:
+    """What a row brings beside its prompt and keeps outside the pool's carry, handed on with its
+    slot: the copy guard's windows (B rows of one width W, the run's widest context's) and the
+    slot's LoRA adapter index (every adapter of the run stacked once, so the segment program does
+    not change as rows come and go)."""
+
+    def __init__(self, g, examples: list, adapters, adapter_names: list):
+        self.g = g
+        self.width = 0
+        if g.copy_guard:
+            self.width = copy_guard.guard_width(g.guard_ids(examples)[0], g.copy_guard)
+        self.adapters, self.adapter_names = adapters, adapter_names
+        self.positions = np.full((g.batch_size,), -1)  # the example in each slot (-1: none yet)
+        self.guard = None
+        if self.width:
+            batch, n = g.batch_size, g.copy_guard
+            self.guard = copy_guard.CopyGuard(jnp.full((batch, self.width, n - 1), copy_guard.NO_TOKEN, jnp.int32),
+                                              jnp.zeros((batch, self.width), jnp.int32),
+                                              jnp.zeros((batch, self.width), bool))
+
+    def signature(self) -> tuple:
+        from costeer_jax.decoding.runner import _adapters_signature
+
+        return self.width, _adapters_signature(self.adapters)
+
+    def take(self, slot: int, position: int, example):
+        """Slot `slot` now holds examples[position]: (its guard rows, or None)."""
+        self.positions[slot] = position
+        if not self.width:
+            return None
+        one = self.g._guard([example], self.width)
+        self.guard = set_slot_row(self.guard, one, jnp.int32(slot))
+        return one
+
+    @staticmethod
+    def adapter_rows(adapters: engine.GroupAdapters | None, positions) -> engine.GroupAdapters | None:
+        """The run's stacked adapters with each row's index, for rows holding these examples."""
+        if adapters is None:
+            return None
+        positions = np.asarray(positions)
+        index = lambda r: np.where(positions >= 0, np.asarray(r)[np.maximum(positions, 0)], -1)
+        return adapters._replace(rows={s: jnp.asarray(index(r), jnp.int32) for s, r in adapters.rows.items()})
+
+    def names(self, positions) -> list:
+        return [self.adapter_names[p] for p in positions]
+
+
 class _TokenLoopSlots:
     """The token loop's pool: engine.Carry, one token per slot per step."""
 
-    def __init__(self, g, widest: dict):
+    def __init__(self, g, examples: list, widest: dict):
         self.g = g
         self.params = tuple(m.params for m in g.group_models)
         cfgs = tuple(m.cfg for m in g.group_models)
         self.cache_lens = g.token_loop_cache_lens(widest)
+        self.side = _SideInputs(g, examples, *g._group_adapters(examples))
         self.common = dict(cfgs=cfgs, layout=g.layout, vocab_limit=g.vocab_limit)
         self.loop = dict(self.common, policy=g.method.policy, greedy=g.sampling.greedy,
                          max_new_tokens=g.max_new_tokens)
+        self.signature = (self.cache_lens, *self.side.signature())
+
+    def _group_adapters(self, positions) -> tuple:
+        if self.side.adapters is None:
+            return (None,) * len(self.g.layout.groups)
+        return tuple(self.side.adapter_rows(a, positions) for a in self.side.adapters)
 
     def empty(self, rows):
         g = self.g
         widths = tuple(g.vocab_limit or m.cfg.vocab_size for m in g.group_models)
-        args = (self.params, g.method.init_state(g.batch_size), rows, self.eos)
+        args = (self.params, g.method.init_state(g.batch_size), rows, self.eos, self.side.guard, g.bridge)
         return g.compiled(empty_pool, args, dict(self.loop, cache_lens=self.cache_lens, vocab_widths=widths),
-                          ("pool", self.cache_lens))(*args)
+                          ("pool", self.signature))(*args)
 
     @property
     def eos(self):
         return jnp.asarray(self.g.eos_ids, jnp.int32)
 
-    def insert(self, pool, slot, prompts: dict, rows):
+    def insert(self, pool, slot, position, example, prompts: dict, rows):
         g = self.g
-        args = (self.params, pool, jnp.int32(slot), prompts, g.method.init_state(1), rows)
-        signature = ("insert", tuple((s, p.tokens.shape[1]) for s, p in prompts.items()), self.cache_lens)
+        self.side.take(slot, position, example)
+        args = (self.params, pool, jnp.int32(slot), prompts, g.method.init_state(1), rows,
+                self._group_adapters([position]))
+        signature = ("insert", tuple((s, p.tokens.shape[1]) for s, p in prompts.items()), self.signature)
         return g.compiled(insert, args, dict(self.common, cache_lens=self.cache_lens), signature)(*args)
 
     def segment(self, pool, segment_steps: int):
-        args = (self.params, pool, self.eos)
-        return self.g.compiled(run_segment, args, dict(self.loop, segment_steps=segment_steps),
-                               ("segment", self.cache_lens))(*args)
+        g = self.g
+        args = (self.params, pool, self.eos, self.side.guard, self._group_adapters(self.side.positions), g.bridge)
+        return g.compiled(run_segment, args, dict(self.loop, segment_steps=segment_steps),
+                          ("segment", self.signature))(*args)
 
     def useful(self, pool):
         return pool.num_tokens  # every step of a live row decodes one token
@@ -224,36 +296,46 @@ class _TokenLoopSlots:
     def result(self, pool) -> engine.DecodeResult:
         return engine.DecodeResult(pool.out, pool.num_tokens, pool.stats, pool.finite)
 
-    def rows(self, examples, result, ids):
-        return self.g._rows(examples, result, ids)
+    def rows(self, examples, result, ids, positions):
+        if self.g.alignment is not None:  # shared indices -> the LLM's own ids (what the cloud commits)
+            result = result._replace(tokens=self.g.alignment.llm_ids[result.tokens])
+        return self.g._rows(examples, result, ids, self.side.names(positions))
 
 
 class _SpeculativeSlots:
     """SpecSteer / SD's pool: speculative.SpecCarry, one Draft-Verify iteration per slot per step."""
 
-    def __init__(self, g, widest: dict):
+    def __init__(self, g, examples: list, widest: dict):
         self.g = g
         llm, slm, params_draft = g.speculative_models()
         self.params = (llm.params, slm.params, params_draft)
         self.cache_lens = g.speculative_cache_lens(widest)
+        self.draft = g.spec_streams["draft"]
+        self.side = _SideInputs(g, examples, *g._adapter_rows(examples, [self.draft]))
         self.static = dict(cfg_llm=llm.cfg, cfg_slm=slm.cfg, spec=g.spec, max_new_tokens=g.max_new_tokens)
+        self.signature = (self.cache_lens, *self.side.signature())
+
+    def _draft_adapters(self, positions):
+        return engine.group_row_adapters(self.side.adapter_rows(self.side.adapters, positions), [self.draft])
 
     def empty(self, rows):
-        args = (rows, *self.params[:2])
+        args = (rows, *self.params[:2], self.side.guard)
         return self.g.compiled(empty_spec_pool, args, dict(self.static, cache_lens=self.cache_lens),
-                               ("spec_pool", self.cache_lens))(*args)
+                               ("spec_pool", self.signature))(*args)
 
-    def insert(self, pool, slot, prompts: dict, rows):
+    def insert(self, pool, slot, position, example, prompts: dict, rows):
+        guard = self.side.take(slot, position, example)
         prompts = {k: prompts[v] for k, v in self.g.spec_streams.items()}
-        args = (pool, jnp.int32(slot), *self.params, prompts, rows)
-        signature = ("spec_insert", tuple((s, p.tokens.shape[1]) for s, p in prompts.items()), self.cache_lens)
+        args = (pool, jnp.int32(slot), *self.params, prompts, rows, guard, self._draft_adapters([position]))
+        signature = ("spec_insert", tuple((s, p.tokens.shape[1]) for s, p in prompts.items()), self.signature)
         return self.g.compiled(insert_spec, args, dict(self.static, cache_lens=self.cache_lens), signature)(*args)
 
     def segment(self, pool, segment_steps: int):
         g = self.g
-        args = (pool, *self.params, jnp.asarray(g.eos_ids, jnp.int32))
+        args = (pool, *self.params, jnp.asarray(g.eos_ids, jnp.int32), self.side.guard,
+                self._draft_adapters(self.side.positions))
         static = dict(self.static, vocab_limit=g.vocab_limit, greedy=g.sampling.greedy, segment_steps=segment_steps)
-        return g.compiled(run_spec_segment, args, static, ("spec_segment", self.cache_lens))(*args)
+        return g.compiled(run_spec_segment, args, static, ("spec_segment", self.signature))(*args)
 
     def useful(self, pool):
         return pool.stats["llm_calls"]  # one per iteration of a live row
@@ -261,8 +343,8 @@ class _SpeculativeSlots:
     def result(self, pool) -> engine.DecodeResult:
         return speculative.spec_result(pool, jnp.asarray(self.g.eos_ids, jnp.int32), self.g.max_new_tokens)
 
-    def rows(self, examples, result, ids):
-        return self.g._speculative_rows(examples, result, ids)
+    def rows(self, examples, result, ids, positions):
+        return self.g._speculative_rows(examples, result, ids, self.side.names(positions))
 
 
 class ContinuousDecoder:
@@ -271,8 +353,7 @@ class ContinuousDecoder:
     format; positions index the examples given to `run`)."""
 
     def __init__(self, generator, segment_steps: int = 8):
-        check_continuous(generator.method, copy_guard=generator.copy_guard, mesh=generator.mesh,
-                         adapters=any(m.adapter is not None for m in generator.models.values()))
+        check_continuous(generator.method, mesh=generator.mesh)
         if segment_steps < 1:
             raise ValueError(f"--segment_steps must be >= 1 (got {segment_steps})")
         self.generator, self.segment_steps = generator, segment_steps
@@ -288,7 +369,7 @@ class ContinuousDecoder:
         batch = g.batch_size
         ids = {e.id: g.stream_ids(e) for e in examples}
         widest = {s: max(bucket_width(len(ids[e.id][s])) for e in examples) for s in ids[examples[0].id]}
-        slots = (_SpeculativeSlots if g.spec is not None else _TokenLoopSlots)(g, widest)
+        slots = (_SpeculativeSlots if g.spec is not None else _TokenLoopSlots)(g, examples, widest)
         # Per-row inputs of the empty pool: placeholders, each slot's own are written at insert.
         keys, _, temperature, top_p = g._sampling_args([examples[0]] * batch)
         pool = slots.empty(engine.RowInputs(hyper_arrays(g.method, g.hyper, batch), keys, temperature, top_p))
@@ -300,7 +381,8 @@ class ContinuousDecoder:
                     position = queue.pop()
                     example = examples[position]
                     hyper = [hyper_rows[position]] if hyper_rows is not None else g.hyper
-                    pool = slots.insert(pool, slot, self._prompts(ids[example.id]), self._rows(example, hyper))
+                    pool = slots.insert(pool, slot, position, example, self._prompts(ids[example.id]),
+                                        self._rows(example, hyper))
                     occupant[slot] = position
             before = np.asarray(slots.useful(pool))
             pool, taken = slots.segment(pool, self.segment_steps)
@@ -313,7 +395,8 @@ class ContinuousDecoder:
                 result = jax.tree.map(lambda x: np.asarray(x)[finished], jax.device_get(slots.result(pool)))
                 positions = [occupant[b] for b in finished]
                 done_examples = [examples[p] for p in positions]
-                on_rows(*slots.rows(done_examples, result, [ids[e.id] for e in done_examples]), positions)
+                on_rows(*slots.rows(done_examples, result, [ids[e.id] for e in done_examples], positions),
+                        positions)
                 for b in finished:
                     occupant[b] = None
 

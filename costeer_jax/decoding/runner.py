@@ -301,23 +301,30 @@ class Generator:
             row_names = [a or b for a, b in zip(row_names, names_here)]
         return (tuple(out) if any(a is not None for a in out) else None), row_names
 
-    def _guard(self, padded: list) -> CopyGuard | None:
-        """The copy guard's windows over each row's private context, in the shared tokenization."""
-        if not self.copy_guard:
-            return None
+    def guard_ids(self, examples: list) -> tuple[list, list]:
+        """Each row's private context and query as the ids the copy guard compares: the shared
+        tokenizer's, or for costeer_map the edge's (SLM's) tokens as shared indices (UNSHARED
+        where the LLM lacks the token)."""
         if self.alignment is None:
             encode = lambda text: self.tokenizer.encode(text, add_special_tokens=False)
-            return build_copy_guard([encode(e.personalized_query) for e in padded],
-                                    [encode(e.query) for e in padded], self.copy_guard)
-        # costeer_map: the edge's (SLM's) tokens of the context, as shared indices; a window over
-        # a token the LLM lacks can never be completed in the shared space, so it is dropped.
-        slm_tokenizer = self.models[SLM].tokenizer
-        if self._slm_to_shared is None:
-            self._slm_to_shared = {int(t): i for i, t in enumerate(self.alignment.slm_ids)}
-        shared = self._slm_to_shared
-        encode = lambda text: [shared.get(t, UNSHARED) for t in slm_tokenizer.encode(text, add_special_tokens=False)]
-        guard = build_copy_guard([encode(e.personalized_query) for e in padded], [encode(e.query) for e in padded],
-                                 self.copy_guard)
+        else:
+            slm_tokenizer = self.models[SLM].tokenizer
+            if self._slm_to_shared is None:
+                self._slm_to_shared = {int(t): i for i, t in enumerate(self.alignment.slm_ids)}
+            shared = self._slm_to_shared
+            encode = lambda text: [shared.get(t, UNSHARED) for t in slm_tokenizer.encode(text, add_special_tokens=False)]
+        return [encode(e.personalized_query) for e in examples], [encode(e.query) for e in examples]
+
+    def _guard(self, padded: list, width: int | None = None) -> CopyGuard | None:
+        """The copy guard's windows over each row's private context (W = `width`, or what these
+        rows need), in the ids of guard_ids."""
+        if not self.copy_guard:
+            return None
+        guard = build_copy_guard(*self.guard_ids(padded), self.copy_guard, width=width)
+        if self.alignment is None:
+            return guard
+        # costeer_map: a window over a token the LLM lacks can never be completed in the shared
+        # space, so it is dropped.
         reachable = np.all(np.asarray(guard.prefixes) != UNSHARED, axis=-1) & (np.asarray(guard.next_tokens) >= 0)
         return guard._replace(live=jnp.asarray(np.asarray(guard.live) & reachable),
                               next_tokens=jnp.asarray(np.where(reachable, guard.next_tokens, 0), jnp.int32))

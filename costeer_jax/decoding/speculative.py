@@ -380,16 +380,17 @@ def spec_prefill(params_llm, params_slm, prompts: dict, rows: RowInputs, guard=N
                         guard, spec=spec, max_new_tokens=max_new_tokens)
 
 
-def spec_empty(rows: RowInputs, params_llm, params_slm, *, cfg_llm: DecoderConfig, cfg_slm: DecoderConfig,
-               spec: SpecConfig, max_new_tokens: int, cache_lens: tuple[int, int]) -> SpecCarry:
-    """A state of B empty rows (all done) with caches of the given lengths: continuous batching's pool."""
+def spec_empty(rows: RowInputs, params_llm, params_slm, guard=None, *, cfg_llm: DecoderConfig,
+               cfg_slm: DecoderConfig, spec: SpecConfig, max_new_tokens: int, cache_lens: tuple[int, int]) -> SpecCarry:
+    """A state of B empty rows (all done) with caches of the given lengths: continuous batching's
+    pool (with a copy guard's `recent` when guard, of B rows, is given)."""
     batch = rows.row_keys.shape[0]
     cache = lambda cfg, params, n: init_cache(cfg, batch, n, params["embed"].dtype)
     pending = jnp.zeros((batch,), jnp.int32)
     wo = _separate_slm_wo(spec)
     caches = (cache(cfg_llm, params_llm, cache_lens[0]), cache(cfg_slm, params_slm, cache_lens[1]),
               cache(cfg_slm, params_slm, cache_lens[1]) if wo else None)
-    return _start_carry(caches, (pending, pending, pending if wo else None), rows, jnp.ones((batch,), bool), None,
+    return _start_carry(caches, (pending, pending, pending if wo else None), rows, jnp.ones((batch,), bool), guard,
                         spec=spec, max_new_tokens=max_new_tokens)
 
 

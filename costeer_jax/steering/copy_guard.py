@@ -33,14 +33,23 @@ class CopyGuard(NamedTuple):
         return self.prefixes.shape[-1] + 1
 
 
+def guard_width(contexts: Sequence[Sequence[int]], n: int, width_multiple: int = 64) -> int:
+    """W for these contexts: their most windows, rounded up to a multiple of `width_multiple` so
+    nearby lengths share a program."""
+    counts = [max(len(c) - n + 1, 0) for c in contexts]
+    return max(-(-max(counts + [1]) // width_multiple) * width_multiple, width_multiple)
+
+
 def build_copy_guard(contexts: Sequence[Sequence[int]], queries: Sequence[Sequence[int]], n: int,
-                     width_multiple: int = 64) -> CopyGuard:
-    """Host side: the windows of every row's context ids (rows padded to one W, a multiple of
-    `width_multiple` so nearby lengths share a program), minus the N-grams found in its query."""
+                     width: int | None = None) -> CopyGuard:
+    """Host side: the windows of every row's context ids (rows padded to one W: `width`, or
+    guard_width(contexts)), minus the N-grams found in its query."""
     if n < 2:
         raise ValueError(f"copy guard N must be >= 2 (a copy of N tokens), got {n}")
     counts = [max(len(c) - n + 1, 0) for c in contexts]
-    width = max(-(-max(counts + [1]) // width_multiple) * width_multiple, width_multiple)
+    width = guard_width(contexts, n) if width is None else width
+    if max(counts + [0]) > width:
+        raise ValueError(f"copy guard width {width} is below a context's {max(counts)} windows")
     prefixes = np.full((len(contexts), width, n - 1), NO_TOKEN, np.int32)
     next_tokens = np.zeros((len(contexts), width), np.int32)
     live = np.zeros((len(contexts), width), bool)
