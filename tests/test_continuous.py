@@ -206,6 +206,9 @@ def test_continuous_with_per_row_lora_adapters_equals_static(adapter_setup, name
     models_with_sft, examples = adapter_setup
     _, static = assert_continuous_equals_static(name, models_with_sft, examples=examples, **options)
     assert {r.get("adapter") for r in static.values()} >= {"A", None}
+    # The pool holds every adapter of the run: no more than its slots (static's bound per batch).
+    with pytest.raises(ValueError, match="these rows name 2 adapters, more than the 1 slots"):
+        continuous_rows(generator(name, models_with_sft, 1, **options), examples=examples)
 
 
 @pytest.mark.parametrize("name,sampling", [

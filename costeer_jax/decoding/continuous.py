@@ -210,6 +210,13 @@ class _SideInputs:
         self.width = 0
         if g.copy_guard:
             self.width = copy_guard.guard_width(g.guard_ids(examples)[0], g.copy_guard)
+        groups = adapters if isinstance(adapters, tuple) else (adapters,)
+        stacked = max((a.scales.shape[0] for a in groups if a is not None), default=0)
+        if stacked > g.batch_size:
+            # Static batches stack at most batch_size adapters at a time; so does the pool.
+            raise ValueError(f"--batching=continuous holds every adapter of the run at once: these rows name {stacked} "
+                             f"adapters, more than the {g.batch_size} slots; use --batching=static (or fewer adapters "
+                             "per run)")
         self.adapters, self.adapter_names = adapters, adapter_names
         self.positions = np.full((g.batch_size,), -1)  # the example in each slot (-1: none yet)
         self.guard = None
