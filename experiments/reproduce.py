@@ -111,11 +111,14 @@ def run_table(spec: TableSpec) -> None:
             print(f"[{done}] {spec.name} {job.task} {job.run.label!r}: ~{estimate:.1f} TFLOPs: {' '.join(job.command[1:])}")
         print(f"{spec.name}: {len(jobs)} runs, ~{total:.1f} TFLOPs")
         return
-    for number, job in enumerate(jobs, start=1):
-        job.output.parent.mkdir(parents=True, exist_ok=True)
-        print(f"== [{number}/{len(jobs)}] {spec.name} {job.task} {job.run.label}", file=sys.stderr, flush=True)
+    commands = list(dict.fromkeys(job.command for job in jobs))  # a sweep serves several rows
+    for number, command in enumerate(commands, start=1):
+        served = [job for job in jobs if job.command == command]
+        served[0].output.parent.mkdir(parents=True, exist_ok=True)
+        print(f"== [{number}/{len(commands)}] {spec.name} {served[0].task} {', '.join(j.run.label for j in served)}",
+              file=sys.stderr, flush=True)
         try:
-            harness.run_generate(job.command, job.figures_path)
+            harness.run_generate(command, [job.figures_path for job in served])
         except RuntimeError as e:
             raise app.UsageError(str(e)) from None
     markdown, csv_text, data, evaluated = harness.build_table(spec, jobs, tasks, FLAGS.data_dir)

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from conftest import REPO_ROOT
 from costeer_jax.decoding.methods import METHOD_NAMES
@@ -50,7 +49,8 @@ def test_dry_run_of_every_table_and_the_analytic_tables(tmp_path):
     assert unknown.returncode != 0 and "unknown table 'costeer_table99'" in unknown.stderr
 
 
-def test_a_table_end_to_end_on_tiny_models_and_resume_redoes_only_the_missing_run(tiny_chat_models, tmp_path):
+def review_data(tmp_path):
+    """A one-row longlamp_review file of the CoSteer release's layout."""
     data = tmp_path / "data"
     data.mkdir()
     profile = [{"description": f"item {i}", "reviewText": f"good item {i}", "overall": "5.0", "summary": "s",
@@ -58,6 +58,34 @@ def test_a_table_end_to_end_on_tiny_models_and_resume_redoes_only_the_missing_ru
     (data / "longlamp_review.jsonl").write_text(json.dumps(
         {"id": 0, "reviewerId": "u", "input": "Write a review of item 2", "output": "good item",
          "profile": profile, "top_5": profile[:5]}) + "\n")
+    return data
+
+
+def test_rows_that_each_set_one_hyperparameter_run_as_one_sweep(tiny_chat_models, tmp_path):
+    """Figure 2's alpha rows batch as one sweep.py run (configurations as rows), a lone T row is
+    a plain generate; the table and the figure read the sweep's per-configuration files."""
+    data, out = review_data(tmp_path), tmp_path / "out"
+    args = ["--table=costeer_figure2", f"--llm={tiny_chat_models['llm']}", f"--slm={tiny_chat_models['slm']}",
+            "--limit=1", "--max_new_tokens=2", "--tasks=longlamp_review", f"--data_dir={data}", f"--output_dir={out}",
+            "--extra=--progress=false", "--rows=alpha=0,alpha=4,T=1"]
+    plan = reproduce(*args, "--dry_run")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    sweeps = [line for line in plan.stdout.splitlines() if "sweep.py" in line]
+    assert len(sweeps) == 2 and "--grid=alpha=0,4" in sweeps[0] and "--batch_size=2" in sweeps[0]
+    assert sum("generate.py" in line for line in plan.stdout.splitlines()) == 1  # T=1 alone
+    done = reproduce(*args)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[1/2]" in done.stderr and "alpha=0, alpha=4" in done.stderr
+    folder = out / "costeer_figure2" / "longlamp_review"
+    swept = sorted(p.name for p in (folder / "sweep_costeer_alpha").glob("*.jsonl"))
+    assert len(swept) == 2 and (folder / "T=1.jsonl").exists()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in (out / "costeer_figure2.md").read_text().splitlines()}
+    assert all(" - " not in rows[label] for label in ("alpha=0", "alpha=4", "T=1"))  # every row scored
+    assert list(out.glob("costeer_figure2_sweep_longlamp_review_*.png"))  # the figure: ROUGE-L against alpha
+
+
+def test_a_table_end_to_end_on_tiny_models_and_resume_redoes_only_the_missing_run(tiny_chat_models, tmp_path):
+    data = review_data(tmp_path)
     out = tmp_path / "out"
     args = ["--table=costeer_table12", f"--llm={tiny_chat_models['llm']}", f"--slm={tiny_chat_models['slm']}",
             "--limit=1", "--max_new_tokens=2", "--tasks=longlamp_review", f"--data_dir={data}", f"--output_dir={out}",

@@ -43,15 +43,18 @@ def generate_command(method: str, task: str, output: Path, llm: str, slm: str, l
             f"--batch_size={batch_size}", f"--output={output}", *flags)
 
 
-def run_generate(command: Sequence[str], figures_path: Path) -> dict:
-    """One generate.py run (its stderr passes through); the figures of the invocation that decoded
-    rows are kept beside the output, so a resumed run with nothing left keeps them."""
+def run_generate(command: Sequence[str], figures_path: Path | Sequence[Path]) -> dict:
+    """One generate.py (or sweep.py) run, its stderr passing through; the figures of the invocation
+    that decoded rows are kept beside the output (a sweep's beside each configuration's file), so
+    a resumed run with nothing left keeps them."""
     done = subprocess.run(list(command), stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"generate.py failed (exit {done.returncode}): {' '.join(command)}; rerun to resume")
+        raise RuntimeError(f"{Path(command[1]).name} failed (exit {done.returncode}): {' '.join(command)}; "
+                           "rerun to resume")
     figures = json.loads(done.stdout.strip().splitlines()[-1])
-    if figures["examples"]:
-        figures_path.write_text(json.dumps(figures, indent=1))
+    if figures.get("rows", figures["examples"]):  # rows / examples decoded by this invocation
+        for path in [figures_path] if isinstance(figures_path, Path) else figures_path:
+            path.write_text(json.dumps(figures, indent=1))
     return figures
 
 
@@ -84,14 +87,58 @@ def available_tasks(spec: TableSpec, data_dir: str | None, tasks: Sequence[str] 
     return present, missing
 
 
+def swept_value(run: Run) -> tuple[str, str] | None:
+    """(hyperparameter, value) when the run differs from its method's defaults by one
+    hyperparameter flag only (`--alpha=4`): such rows of one method and key batch as one sweep."""
+    from costeer_jax.decoding.methods import get_method
+
+    if len(run.flags) != 1:
+        return None
+    match = re.fullmatch(r"--([A-Za-z_]+)=(\S+)", run.flags[0])
+    if not match or match.group(1) not in get_method(run.method).hyper_keys:
+        return None
+    return match.group(1), match.group(2)
+
+
+def sweep_command(method: str, task: str, output_dir: Path, llm: str, slm: str, limit: int, max_new_tokens: int,
+                  batch_size: int, key: str, values: Sequence[str], flags: Sequence[str] = ()) -> tuple[str, ...]:
+    return (sys.executable, str(REPO_ROOT / "experiments" / "sweep.py"), f"--method={method}", f"--task={task}",
+            f"--limit={limit}", f"--llm={llm}", f"--slm={slm}", f"--max_new_tokens={max_new_tokens}",
+            f"--batch_size={batch_size}", f"--grid={key}={','.join(values)}", f"--output_dir={output_dir}", *flags)
+
+
 def plan(spec: TableSpec, output_dir: Path, llm: str, slm: str, limit: int, max_new_tokens: int, batch_size: int,
          tasks: Sequence[str], extra: Sequence[str] = ()) -> list[Job]:
+    """One job per (task, row). Rows of one method that each set one hyperparameter (Figure 2's
+    alpha = 0, 1, 2, 4) share one experiments/sweep.py command, the configurations as rows of the
+    same batches (its batch counts (prompt, configuration) rows: --batch_size x the values); each
+    row reads its configuration's file. A grid of one value runs as a plain generate."""
+    from costeer_jax.decoding import sweep
+    from costeer_jax.decoding.methods import get_method
+
+    groups: dict[tuple[str, str], list[Run]] = {}
+    for run in spec.runs:
+        point = swept_value(run)
+        if point is not None:
+            groups.setdefault((run.method, point[0]), []).append(run)
     jobs = []
     for task in tasks:
+        rows = min(batch_size, limit or batch_size)
         for run in spec.runs:
+            point = swept_value(run)
+            group = groups.get((run.method, point[0])) if point else None
+            if group and len(group) > 1:
+                key = point[0]
+                values = [swept_value(r)[1] for r in group]
+                folder = output_dir / spec.name / task / slug(f"sweep_{run.method}_{key}")
+                config = sweep.expand_grid(get_method(run.method), {key: [point[1]]})[0]
+                command = sweep_command(run.method, task, folder, llm, slm, limit, max_new_tokens, rows * len(group),
+                                        key, values, (*spec.common_flags, *extra))
+                jobs.append(Job(task, run, sweep.output_path(folder, config), command))
+                continue
             output = output_dir / spec.name / task / f"{slug(run.label)}.jsonl"
-            command = generate_command(run.method, task, output, llm, slm, limit, max_new_tokens,
-                                       min(batch_size, limit or batch_size), (*spec.common_flags, *run.flags, *extra))
+            command = generate_command(run.method, task, output, llm, slm, limit, max_new_tokens, rows,
+                                       (*spec.common_flags, *run.flags, *extra))
             jobs.append(Job(task, run, output, command))
     return jobs
 
