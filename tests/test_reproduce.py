@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 
-
 from conftest import REPO_ROOT
 from costeer_jax.decoding.methods import METHOD_NAMES
 from costeer_jax.reproduction.tables import TABLES
