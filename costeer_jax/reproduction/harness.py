@@ -36,11 +36,17 @@ def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9.=_-]+", "_", label).strip("_")
 
 
+def _run_command(script: str, method: str, task: str, llm: str, slm: str, limit: int, max_new_tokens: int,
+                 batch_size: int) -> tuple[str, ...]:
+    return (sys.executable, str(REPO_ROOT / "experiments" / script), f"--method={method}", f"--task={task}",
+            f"--limit={limit}", f"--llm={llm}", f"--slm={slm}", f"--max_new_tokens={max_new_tokens}",
+            f"--batch_size={batch_size}")
+
+
 def generate_command(method: str, task: str, output: Path, llm: str, slm: str, limit: int, max_new_tokens: int,
                      batch_size: int, flags: Sequence[str] = ()) -> tuple[str, ...]:
-    return (sys.executable, str(REPO_ROOT / "experiments" / "generate.py"), f"--method={method}", f"--task={task}",
-            f"--limit={limit}", f"--llm={llm}", f"--slm={slm}", f"--max_new_tokens={max_new_tokens}",
-            f"--batch_size={batch_size}", f"--output={output}", *flags)
+    return (*_run_command("generate.py", method, task, llm, slm, limit, max_new_tokens, batch_size),
+            f"--output={output}", *flags)
 
 
 def run_generate(command: Sequence[str], figures_path: Path | Sequence[Path]) -> dict:
@@ -102,9 +108,8 @@ def swept_value(run: Run) -> tuple[str, str] | None:
 
 def sweep_command(method: str, task: str, output_dir: Path, llm: str, slm: str, limit: int, max_new_tokens: int,
                   batch_size: int, key: str, values: Sequence[str], flags: Sequence[str] = ()) -> tuple[str, ...]:
-    return (sys.executable, str(REPO_ROOT / "experiments" / "sweep.py"), f"--method={method}", f"--task={task}",
-            f"--limit={limit}", f"--llm={llm}", f"--slm={slm}", f"--max_new_tokens={max_new_tokens}",
-            f"--batch_size={batch_size}", f"--grid={key}={','.join(values)}", f"--output_dir={output_dir}", *flags)
+    return (*_run_command("sweep.py", method, task, llm, slm, limit, max_new_tokens, batch_size),
+            f"--grid={key}={','.join(values)}", f"--output_dir={output_dir}", *flags)
 
 
 def plan(spec: TableSpec, output_dir: Path, llm: str, slm: str, limit: int, max_new_tokens: int, batch_size: int,
