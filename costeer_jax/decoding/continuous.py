@@ -220,11 +220,9 @@ class _SideInputs:
         self.adapters, self.adapter_names = adapters, adapter_names
         self.positions = np.full((g.batch_size,), -1)  # the example in each slot (-1: none yet)
         self.guard = None
-        if self.width:
-            batch, n = g.batch_size, g.copy_guard
-            self.guard = copy_guard.CopyGuard(jnp.full((batch, self.width, n - 1), copy_guard.NO_TOKEN, jnp.int32),
-                                              jnp.zeros((batch, self.width), jnp.int32),
-                                              jnp.zeros((batch, self.width), bool))
+        if self.width:  # B rows without a window; each slot's are written at insert
+            no_context = [[]] * g.batch_size
+            self.guard = copy_guard.build_copy_guard(no_context, no_context, g.copy_guard, width=self.width)
 
     def signature(self) -> tuple:
         from costeer_jax.decoding.runner import _adapters_signature
@@ -304,9 +302,7 @@ class _TokenLoopSlots:
         return engine.DecodeResult(pool.out, pool.num_tokens, pool.stats, pool.finite)
 
     def rows(self, examples, result, ids, positions):
-        if self.g.alignment is not None:  # shared indices -> the LLM's own ids (what the cloud commits)
-            result = result._replace(tokens=self.g.alignment.llm_ids[result.tokens])
-        return self.g._rows(examples, result, ids, self.side.names(positions))
+        return self.g._token_loop_rows(examples, result, ids, self.side.names(positions))
 
 
 class _SpeculativeSlots:

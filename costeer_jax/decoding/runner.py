@@ -248,6 +248,10 @@ class Generator:
         result = self._compile_and_run(engine.decode, params, args, static,
                                        (tuple(widths.items()), static["cache_lens"], _guard_width(guard),
                                         _adapters_signature(group_adapters)))
+        return self._token_loop_rows(examples, result, ids, adapter_names)
+
+    def _token_loop_rows(self, examples, result, ids, adapter_names=None) -> tuple[list[dict], dict]:
+        """_rows of a token-loop result, whose tokens are shared indices across tokenizers."""
         if self.alignment is not None:  # shared indices -> the LLM's own ids (what the cloud commits)
             result = result._replace(tokens=self.alignment.llm_ids[result.tokens])
         return self._rows(examples, result, ids, adapter_names)
