@@ -82,8 +82,13 @@ def main(argv):
         sampling=sampling, hyper=hyper, mesh=mesh, **run_setup.generator_options())
     config = {**hyper, **run_setup.static_config(generator, FLAGS.method)}
     extra = {"config": config} if config else None
-    figures = generate_to_file(generator, examples, Path(output), progress=FLAGS.progress,
-                               extra_fields=extra, batching=FLAGS.batching, segment_steps=FLAGS.segment_steps)
+    from costeer_jax.decoding.continuous import ContinuousBatchingError
+
+    try:
+        figures = generate_to_file(generator, examples, Path(output), progress=FLAGS.progress,
+                                   extra_fields=extra, batching=FLAGS.batching, segment_steps=FLAGS.segment_steps)
+    except ContinuousBatchingError as e:
+        raise app.UsageError(str(e)) from None
     summary = {"method": FLAGS.method, "llm": FLAGS.llm, "slm": FLAGS.slm,
                "batch_size": FLAGS.batch_size, "batching": FLAGS.batching, "max_new_tokens": FLAGS.max_new_tokens,
                "load_seconds": round(load_seconds, 3), **figures.as_dict(), **config,

@@ -86,6 +86,7 @@ def resolve_spec():
 def main(argv):
     del argv
     from costeer_jax.decoding import sweep
+    from costeer_jax.decoding.continuous import ContinuousBatchingError
     from costeer_jax.decoding.methods import get_method
     from costeer_jax.decoding.runner import Generator, Sampling
 
@@ -118,7 +119,7 @@ def main(argv):
         figures = sweep.run_sweep(generator, examples, configs, FLAGS.output_dir, progress=FLAGS.progress,
                                   static_config=static_config, batching=FLAGS.batching,
                                   segment_steps=FLAGS.segment_steps)
-    except sweep.SweepError as e:
+    except (sweep.SweepError, ContinuousBatchingError) as e:
         raise app.UsageError(str(e)) from None
     summary = {"method": method_name, "llm": FLAGS.llm, "slm": FLAGS.slm, "batch_size": FLAGS.batch_size,
                "max_new_tokens": FLAGS.max_new_tokens, "output_dir": FLAGS.output_dir,

@@ -44,6 +44,10 @@ from costeer_jax.steering import copy_guard
 STATIC, CONTINUOUS = "static", "continuous"
 
 
+class ContinuousBatchingError(ValueError):
+    """A run continuous batching cannot take (the message names the fix)."""
+
+
 def check_continuous(method, *, mesh=None) -> None:
     """Raises ValueError naming what continuous batching does not cover for this run."""
     why = None
@@ -52,7 +56,7 @@ def check_continuous(method, *, mesh=None) -> None:
     elif mesh is not None:
         why = "--mesh"
     if why:
-        raise ValueError(f"--batching=continuous does not support {why} yet; use --batching=static")
+        raise ContinuousBatchingError(f"--batching=continuous does not support {why} yet; use --batching=static")
 
 
 def _set_row(pool, one, slot):
@@ -214,7 +218,7 @@ class _SideInputs:
         stacked = max((a.scales.shape[0] for a in groups if a is not None), default=0)
         if stacked > g.batch_size:
             # Static batches stack at most batch_size adapters at a time; so does the pool.
-            raise ValueError(f"--batching=continuous holds every adapter of the run at once: these rows name {stacked} "
+            raise ContinuousBatchingError(f"--batching=continuous holds every adapter of the run at once: these rows name {stacked} "
                              f"adapters, more than the {g.batch_size} slots; use --batching=static (or fewer adapters "
                              "per run)")
         self.adapters, self.adapter_names = adapters, adapter_names
