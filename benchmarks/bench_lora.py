@@ -112,7 +112,6 @@ def ours_training(model, batches, rank: int) -> dict:
 
 
 def torch_peft_training(gguf: str, batches, rank: int) -> dict:
-    import numpy as np
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

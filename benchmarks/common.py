@@ -138,3 +138,38 @@ def machine_note() -> dict:
 
     return {"cpu_count": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2),
             "jax": jax.__version__, "backend": jax.default_backend()}
+
+
+def decode_step_seconds(model, batch: int, cache_len: int, start_length: int, steps: int,
+                        repeats: int) -> tuple[float, float]:
+    """(seconds per greedy `decode_step_logits` call, best of `repeats` runs of a jitted `fori_loop`
+    of `steps` calls; compile seconds of the first run). Rows start at `start_length` of a cache
+    of `cache_len` slots."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from costeer_jax.models.cache import init_cache
+    from costeer_jax.models.decoder import decode_step_logits
+
+    @jax.jit
+    def run(params, cache, tokens):
+        def step(_, carry):
+            cache, tokens = carry
+            logits, cache = decode_step_logits(params, model.cfg, tokens, cache)
+            return cache, jnp.argmax(logits, -1).astype(jnp.int32)
+        return jax.lax.fori_loop(0, steps, step, (cache, tokens))
+
+    cache = init_cache(model.cfg, batch, cache_len)
+    cache = dataclasses.replace(cache, lengths=jnp.full((batch,), start_length, jnp.int32))
+    tokens = jnp.ones((batch,), jnp.int32)
+    t0 = time.perf_counter()
+    jax.block_until_ready(run(model.params, cache, tokens))
+    compile_seconds = time.perf_counter() - t0
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(model.params, cache, tokens))
+        best = min(best, time.perf_counter() - t0)
+    return best / steps, compile_seconds

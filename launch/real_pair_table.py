@@ -6,7 +6,8 @@ Runs experiments/generate.py for every (task, method) (greedy, --max_new_tokens,
 default), then scores each task with the library's evaluation (ROUGE-1/L, METEOR against the
 references) and writes `table.md` / `table.json`: per method and task the scores, tokens/s of
 that run (steady state: generate seconds, compile apart) and, for specsteer/sd, the acceptance
-rate and mean accepted length. Interrupted runs resume (generate.py skips finished ids; a run's
+rate and mean accepted length; with the leakage metric, the leakage table and a leakage-vs-quality
+plot per task (`<table_name>_leakage_<task>.png`). Interrupted runs resume (generate.py skips finished ids; a run's
 figures are kept from the invocation that decoded its rows). --dry_run prints the commands.
 
 It is a plumbing-and-behaviour table for a small pair on a CPU, not the papers' numbers.
@@ -97,6 +98,8 @@ def table(tasks: list[tuple[str, int]]) -> str:
     from costeer_jax.eval.scoring import Scorers
     from costeer_jax.reproduction.harness import speculative_figures
 
+    from costeer_jax.eval.plots import plot_leakage_vs_quality
+
     names = [parse_run(item)[0] for item in FLAGS.methods]
     scores: dict[tuple[str, str], dict] = {}
     for task, _ in tasks:
@@ -104,6 +107,8 @@ def table(tasks: list[tuple[str, int]]) -> str:
                                             metrics=FLAGS.metrics)
         for name, result in zip(names, results):
             scores[(task, name)] = result["averages"]
+        # One PNG per task (<table_name>_leakage_<task>.png): every run as leakage against quality.
+        plot_leakage_vs_quality(results, names, Path(FLAGS.output_dir) / FLAGS.table_name)
     header = ["run"] + [c for task, _ in tasks for c in (f"{task} R-1", "R-L", "METEOR", "tok/s")]
     header += ["acceptance (all tasks)", "accepted length"]
     quality = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

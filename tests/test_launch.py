@@ -145,6 +145,7 @@ def test_real_pair_table_end_to_end_on_tiny_models(tiny_chat_models, tmp_path):
     assert data["cogenesis/llm_wo"]["tokens_per_s"] > 0 and "acceptance" not in data["cogenesis/llm_wo"]
     assert data["cogenesis/specsteer_lam0"]["acceptance"] == 1.0  # the variant's own flags reached its run
     assert data["cogenesis/specsteer_lam0"]["cloud_leak_span"] is not None
+    assert (tmp_path / "table_leakage_cogenesis.png").stat().st_size > 0
     figures = (tmp_path / "cogenesis" / "specsteer_lam0.figures.json").read_text()
     again = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert again.returncode == 0, again.stderr[-3000:]
