@@ -15,38 +15,24 @@ bytes beside the base weights (adapter_params_share per adapter read).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 
-from common import machine_note
+from common import decode_step_seconds, machine_note
 
 
 def decode_costs(model, rank: int, batch_sizes, steps: int, repeats: int) -> dict:
     import jax
-    import jax.numpy as jnp
 
     from costeer_jax.models import lora
-    from costeer_jax.models.cache import init_cache
-    from costeer_jax.models.decoder import decode_step_logits, param_count
+    from costeer_jax.models.decoder import param_count
 
     config = lora.LoraConfig(rank=rank, alpha=2.0 * rank)
     adapters = [lora.init_adapter(jax.random.key(i), model.cfg, config) for i in range(2)]
     layers, scales = lora.stack([(a, config) for a in adapters])
     out = {"adapter_params_share": round(param_count(adapters[0]) / param_count(model.params), 4)}
 
-    @jax.jit
-    def run(params, cache, tokens, adapters):
-        def step(_, carry):
-            cache, tokens = carry
-            logits, cache = decode_step_logits(params, model.cfg, tokens, cache, adapters)
-            return cache, jnp.argmax(logits, -1).astype(jnp.int32)
-        return jax.lax.fori_loop(0, steps, step, (cache, tokens))
-
     for batch in batch_sizes:
-        cache = init_cache(model.cfg, batch, 128)
-        cache = dataclasses.replace(cache, lengths=jnp.full((batch,), 40, jnp.int32))
-        tokens = jnp.ones((batch,), jnp.int32)
         variants = {"base": None, "one_adapter": lora.single(adapters[0], config)}
         if batch > 1:
             # SLM- and SLM+ rows of one user in one forward: half base, half one adapter.
@@ -54,15 +40,8 @@ def decode_costs(model, rank: int, batch_sizes, steps: int, repeats: int) -> dic
                 *lora.stack([(adapters[0], config)]), [-1 if b < batch // 2 else 0 for b in range(batch)])
         variants["per_row_two_adapters"] = lora.with_rows(
             layers, scales, [-1 if b < batch // 2 else b % 2 for b in range(batch)] if batch > 1 else [1])
-        figures = {}
-        for name, adapter in variants.items():
-            jax.block_until_ready(run(model.params, cache, tokens, adapter))
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(run(model.params, cache, tokens, adapter))
-                best = min(best, time.perf_counter() - t0)
-            figures[name] = round(best / steps * 1e3, 2)
+        figures = {name: round(decode_step_seconds(model, batch, 128, 40, steps, repeats, adapter)[0] * 1e3, 2)
+                   for name, adapter in variants.items()}
         for name in list(figures):
             if name != "base":
                 figures[f"{name}_overhead"] = round(figures[name] / figures["base"] - 1, 3)

@@ -141,10 +141,10 @@ def machine_note() -> dict:
 
 
 def decode_step_seconds(model, batch: int, cache_len: int, start_length: int, steps: int,
-                        repeats: int) -> tuple[float, float]:
+                        repeats: int, adapters=None) -> tuple[float, float]:
     """(seconds per greedy `decode_step_logits` call, best of `repeats` runs of a jitted `fori_loop`
     of `steps` calls; compile seconds of the first run). Rows start at `start_length` of a cache
-    of `cache_len` slots."""
+    of `cache_len` slots; `adapters` (models/lora.py, optional) add their LoRA deltas."""
     import dataclasses
 
     import jax
@@ -154,10 +154,10 @@ def decode_step_seconds(model, batch: int, cache_len: int, start_length: int, st
     from costeer_jax.models.decoder import decode_step_logits
 
     @jax.jit
-    def run(params, cache, tokens):
+    def run(params, cache, tokens, adapters):
         def step(_, carry):
             cache, tokens = carry
-            logits, cache = decode_step_logits(params, model.cfg, tokens, cache)
+            logits, cache = decode_step_logits(params, model.cfg, tokens, cache, adapters)
             return cache, jnp.argmax(logits, -1).astype(jnp.int32)
         return jax.lax.fori_loop(0, steps, step, (cache, tokens))
 
@@ -165,11 +165,11 @@ def decode_step_seconds(model, batch: int, cache_len: int, start_length: int, st
     cache = dataclasses.replace(cache, lengths=jnp.full((batch,), start_length, jnp.int32))
     tokens = jnp.ones((batch,), jnp.int32)
     t0 = time.perf_counter()
-    jax.block_until_ready(run(model.params, cache, tokens))
+    jax.block_until_ready(run(model.params, cache, tokens, adapters))
     compile_seconds = time.perf_counter() - t0
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        jax.block_until_ready(run(model.params, cache, tokens))
+        jax.block_until_ready(run(model.params, cache, tokens, adapters))
         best = min(best, time.perf_counter() - t0)
     return best / steps, compile_seconds
