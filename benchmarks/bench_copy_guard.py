@@ -17,23 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
-from common import decode_step_seconds, machine_note
-
-
-def best_seconds(fn, args, repeats: int) -> tuple[float, float]:
-    import jax
-
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    compile_s = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        best = min(best, time.perf_counter() - t0)
-    return best, compile_s
+from common import best_seconds, decode_step_seconds, machine_note
 
 
 def main():
@@ -64,12 +49,10 @@ def main():
 
     @jax.jit
     def guard_only(guard, scores, recent):
-        def step(_, carry):
-            recent, total = carry
-            masked = copy_guard.apply(guard, recent, scores)
-            token = jnp.argmax(masked, -1).astype(jnp.int32)
-            return copy_guard.push(recent, token), total + token
-        return jax.lax.fori_loop(0, a.steps, step, (recent, jnp.zeros((a.batch,), jnp.int32)))
+        def step(_, recent):
+            token = jnp.argmax(copy_guard.apply(guard, recent, scores), -1).astype(jnp.int32)
+            return copy_guard.push(recent, token)
+        return jax.lax.fori_loop(0, a.steps, step, recent)
 
     # recent = each row's first context prefix, so the guard has a live match to forbid.
     recent = jnp.asarray([c[:a.n - 1] for c in contexts], jnp.int32)

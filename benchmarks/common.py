@@ -163,13 +163,14 @@ def decode_step_seconds(model, batch: int, cache_len: int, start_length: int, st
 
     cache = init_cache(model.cfg, batch, cache_len)
     cache = dataclasses.replace(cache, lengths=jnp.full((batch,), start_length, jnp.int32))
-    tokens = jnp.ones((batch,), jnp.int32)
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(model.params, cache, tokens, adapters))
-    compile_seconds = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(run(model.params, cache, tokens, adapters))
-        best = min(best, time.perf_counter() - t0)
+    best, compile_seconds = best_seconds(run, (model.params, cache, jnp.ones((batch,), jnp.int32), adapters), repeats)
     return best / steps, compile_seconds
+
+
+def best_seconds(fn, args, repeats: int) -> tuple[float, float]:
+    """(best of `repeats` timed calls of the jitted `fn(*args)`, seconds of the first call, which
+    compiles it)."""
+    import jax
+
+    compile_seconds = _timed(lambda: jax.block_until_ready(fn(*args)))
+    return min(_timed(lambda: jax.block_until_ready(fn(*args))) for _ in range(repeats)), compile_seconds

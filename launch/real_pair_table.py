@@ -7,8 +7,9 @@ default), then scores each task with the library's evaluation (ROUGE-1/L, METEOR
 references) and writes `table.md` / `table.json`: per method and task the scores, tokens/s of
 that run (steady state: generate seconds, compile apart) and, for specsteer/sd, the acceptance
 rate and mean accepted length; with the leakage metric, the leakage table and a leakage-vs-quality
-plot per task (`<table_name>_leakage_<task>.png`). Interrupted runs resume (generate.py skips finished ids; a run's
-figures are kept from the invocation that decoded its rows). --dry_run prints the commands.
+plot per task (`<table_name>_leakage_<task>.png`). Interrupted runs resume (generate.py skips
+finished ids; a run's figures are kept from the invocation that decoded its rows). --dry_run
+prints the commands.
 
 It is a plumbing-and-behaviour table for a small pair on a CPU, not the papers' numbers.
 """
@@ -95,10 +96,9 @@ def table(tasks: list[tuple[str, int]]) -> str:
     leakage, the leakage table (per task: the output's and the cloud view's longest copied span
     in words and share of copied 4-grams). Also writes every average to table.json."""
     from costeer_jax.eval.evaluation import evaluate_prediction_files
+    from costeer_jax.eval.plots import plot_leakage_vs_quality
     from costeer_jax.eval.scoring import Scorers
     from costeer_jax.reproduction.harness import speculative_figures
-
-    from costeer_jax.eval.plots import plot_leakage_vs_quality
 
     names = [parse_run(item)[0] for item in FLAGS.methods]
     scores: dict[tuple[str, str], dict] = {}
