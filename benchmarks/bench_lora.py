@@ -67,22 +67,26 @@ def ours_training(model, batches, rank: int) -> dict:
     import jax
 
     from costeer_jax.models import lora
+    from costeer_jax.models.decoder import stack_layers
     from costeer_jax.training.lora_trainer import (TrainConfig, init_state, make_optimizer, place_state,
                                                    train_step)
+    from costeer_jax.training.packing import loss_capacity
 
     config = TrainConfig(lora=lora.LoraConfig(rank=rank, alpha=rank / 2.0, dropout=0.05))
     optimizer = make_optimizer(config, 100)
     state = place_state(init_state(model.cfg, config, optimizer))
     kw = dict(model_cfg=model.cfg, lora_cfg=config.lora, optimizer=optimizer)
     key = jax.random.key(0)
+    # As lora_trainer.train does: layers stacked once, one loss_index width for the run.
+    params, capacity = stack_layers(model.params), loss_capacity(batches)
     t0 = time.perf_counter()
-    state, m = train_step(state, model.params, batches[0].as_dict(), key, **kw)
+    state, m = train_step(state, params, batches[0].as_dict(capacity), key, **kw)
     jax.block_until_ready(m)
     compile_and_first = time.perf_counter() - t0
     tokens, t0 = 0, time.perf_counter()
     losses = []
     for batch in batches[1:]:
-        state, m = train_step(state, model.params, batch.as_dict(), key, **kw)
+        state, m = train_step(state, params, batch.as_dict(capacity), key, **kw)
         losses.append(float(m["loss"]))
         tokens += int((batch.segment_ids > 0).sum())
     seconds = time.perf_counter() - t0
@@ -90,7 +94,7 @@ def ours_training(model, batches, rank: int) -> dict:
             "first_step_seconds_with_compile": round(compile_and_first, 2), "losses": [round(x, 3) for x in losses]}
 
 
-def torch_peft_training(gguf: str, batches, rank: int) -> dict:
+def torch_peft_training(gguf: str, batches, rank: int, dtype: str = "float32") -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -99,7 +103,9 @@ def torch_peft_training(gguf: str, batches, rank: int) -> dict:
 
     path = Path(gguf)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    # bfloat16: the base in bf16 with peft's default fp32 adapters (autocast_adapter_dtype), the
+    # usual peft bf16 setup; AdamW over the fp32 adapter either way.
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=getattr(torch, dtype))
     model = get_peft_model(hf, LoraConfig(r=rank, lora_alpha=rank / 2.0, lora_dropout=0.05, task_type="CAUSAL_LM",
                                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                           "up_proj", "down_proj"]))

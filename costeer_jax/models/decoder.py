@@ -20,7 +20,6 @@ layout measured faster for its shape on XLA:CPU at batch 1 and 8 (BUILD_NOTES.md
 """
 from __future__ import annotations
 
-import functools
 
 from typing import Any
 
@@ -31,6 +30,7 @@ import numpy as np
 from costeer_jax.models import lora
 from costeer_jax.models.cache import KVCache, init_cache
 from costeer_jax.models.config import DecoderConfig
+from costeer_jax.models.packed_attention import segment_attention, segment_visibility
 from costeer_jax.models.rope import apply_rope, inverse_frequencies, rope_tables
 
 Params = dict[str, Any]
@@ -163,31 +163,19 @@ def packed_hidden(params: Params, cfg: DecoderConfig, tokens: jax.Array, positio
     dtype = params["embed"].dtype
     x = params["embed"][tokens].astype(dtype)
     cos, sin = rope_tables(jnp.asarray(inverse_frequencies(cfg)), positions)
-    s = tokens.shape[1]
-    causal = jnp.arange(s)[None, :, None] >= jnp.arange(s)[None, None, :]  # [1, S(query), S(key)]
-    same = (segment_ids[:, :, None] == segment_ids[:, None, :]) & (segment_ids[:, None, :] > 0)
-    visible = causal & same
+    visible = segment_visibility(segment_ids)
 
     def attend(q, k, v, state):
-        b, _, _, hd = q.shape
-        q = q.reshape(b, s, cfg.num_kv_heads, cfg.group_size, hd)
-        acc = accumulation_dtype(q.dtype)
-        scores = jnp.einsum("bskgd,btkd->bkgst", q, k, preferred_element_type=acc) * (hd ** -0.5)
-        scores = jnp.where(visible[:, None, None], scores, jnp.finfo(acc).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgst,btkd->bskgd", probs, v, preferred_element_type=acc)
-        return out.reshape(b, s, cfg.num_heads * hd).astype(q.dtype), state
+        return segment_attention(q, k, v, visible), state
 
-    # The layers run as one lax.scan over stacked weights, its body under jax.checkpoint saving the
-    # projections' outputs (dots without batch dims) and recomputing attention in the backward. An
-    # unrolled loop kept ~0.9 GB of temporaries per layer at 4 x 1024 tokens on XLA:CPU with or
-    # without a per-layer checkpoint (its recomputations are not ordered into the backward);
-    # the scan's backward runs layer by layer (BUILD_NOTES.md, LoRA).
-    n_layers = len(params["layers"])
-    stacked = jax.tree.map(lambda *a: jnp.stack(a), *params["layers"])
+    # The layers run as one lax.scan over stacked weights (stack_layers; a train step gets them
+    # stacked once by the trainer). Without rematerialization: segment_attention keeps O(S)
+    # residuals, so the saved activations are the projections' inputs and outputs, ~0.2 GB per
+    # layer at 4 x 1024 tokens on SmolLM2 (BUILD_NOTES.md, LoRA training speed).
+    stacked = stack_layers(params)["layers"]
+    n_layers = jax.tree.leaves(stacked)[0].shape[0]
     lora_stacked = None if adapters is None else jax.tree.map(lambda *a: jnp.stack(a), *adapters.layers)
 
-    @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
     def layer(x, xs):
         w, lora_layer, i = xs
         drop = None if dropout is None else (dropout[0], jax.random.fold_in(dropout[1], i))
@@ -195,6 +183,14 @@ def packed_hidden(params: Params, cfg: DecoderConfig, tokens: jax.Array, positio
 
     x, _ = jax.lax.scan(layer, x, (stacked, lora_stacked, jnp.arange(n_layers)))
     return rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+
+
+def stack_layers(params: Params) -> Params:
+    """params with `layers` as one pytree of [num_layers, ...] arrays (what a lax.scan over the
+    layers reads); already stacked params are returned as they are."""
+    if not isinstance(params["layers"], list):
+        return params
+    return {**params, "layers": jax.tree.map(lambda *a: jnp.stack(a), *params["layers"])}
 
 
 def append_positions(cache: KVCache, valid: jax.Array) -> jax.Array:

@@ -178,30 +178,64 @@ def projection_delta(h: jax.Array, proj: dict, adapters: RowAdapters, out_widths
     rank = bs[0].shape[-2]
     if adapters.row_index is not None and a.shape[0] < h.shape[0]:
         return _few_adapters_delta(h, a, adapters, out_widths, proj["b"], rank)
-    stacked = adapters.row_index is not None
-    if stacked:
-        index = jnp.maximum(adapters.row_index, 0)
-        a = a[index]  # [B, in, S*r]: each row's own A
-        bs = [b[index] for b in bs]
-        scale = adapters.scale[index] * (adapters.row_index >= 0)
-        scale = scale[:, None, None].astype(h.dtype)
-    else:
-        scale = adapters.scale.astype(h.dtype)
-    dot_a = "bsi,bir->bsr" if stacked else "bsi,ir->bsr"
-    dot_b = "bsr,bro->bso" if stacked else "bsr,ro->bso"
+    if adapters.row_index is None:
+        # One adapter for every row: 2-D matmuls over the flattened tokens. Contracting over
+        # (batch, seq) for the gradients of A and B made XLA:CPU transpose each module's slice of
+        # the output gradient first (2x the LoRA backward on SmolLM2; BUILD_NOTES.md, LoRA).
+        flat = h.reshape(-1, h.shape[-1])
+        delta = _delta_2d(flat, a.astype(h.dtype), [b.astype(h.dtype) for b in bs], proj["b"], out_widths,
+                          adapters.scale.astype(h.dtype), rank, dropout)
+        return delta.reshape(h.shape[:-1] + (delta.shape[-1],))
+    index = jnp.maximum(adapters.row_index, 0)
+    a = a[index]  # [B, in, S*r]: each row's own A
+    bs = [b[index] for b in bs]
+    scale = (adapters.scale[index] * (adapters.row_index >= 0))[:, None, None].astype(h.dtype)
+    u = jnp.einsum("bsi,bir->bsr", h, a.astype(h.dtype)) * scale
+    return _module_columns(proj["b"], out_widths,
+                           lambda s, _: jnp.einsum("bsr,bro->bso", u[..., s * rank:(s + 1) * rank],
+                                                   bs[s].astype(h.dtype)),
+                           lambda width: jnp.zeros(h.shape[:2] + (width,), h.dtype))
+
+
+def _delta_2d(h, a, bs, module_bs, out_widths, scale, rank, dropout):
+    """h [N, in] -> [N, out] for one adapter; the scale multiplies the rank-r activations, the
+    narrowest tensor of the delta."""
     if dropout is None or dropout[0] == 0.0:
-        u = jnp.einsum(dot_a, h, a.astype(h.dtype))
-        us = [u[..., s * rank:(s + 1) * rank] for s in range(len(bs))]
+        u = (h @ a) * scale
+        us = [u[:, s * rank:(s + 1) * rank] for s in range(len(bs))]
     else:
-        rate, key = dropout
-        us = []
-        for s in range(len(bs)):
-            keep = jax.random.bernoulli(jax.random.fold_in(key, s), 1.0 - rate, h.shape)
-            dropped = jnp.where(keep, h / (1.0 - rate), 0).astype(h.dtype)
-            us.append(jnp.einsum(dot_a, dropped, a[..., s * rank:(s + 1) * rank].astype(h.dtype)))
-    delta = _module_columns(proj["b"], out_widths, lambda s, _: jnp.einsum(dot_b, us[s], bs[s].astype(h.dtype)),
-                            lambda width: jnp.zeros(h.shape[:2] + (width,), h.dtype))
-    return delta * scale
+        keep, inverse_keep = dropout_keep_masks(dropout[1], h.shape, dropout[0], len(bs))
+
+        # Rematerialized: the backward keeps h and the boolean mask, not a dropped float copy of
+        # the input per module (5k floats per token per layer on SmolLM2).
+        @jax.checkpoint
+        def dropped_a(h, keep, a):
+            return jnp.where(keep, h * (inverse_keep * scale), 0).astype(h.dtype) @ a
+
+        us = [dropped_a(h, keep[s], a[:, s * rank:(s + 1) * rank]) for s in range(len(bs))]
+    return _module_columns(module_bs, out_widths, lambda s, _: us[s] @ bs[s],
+                           lambda width: jnp.zeros((h.shape[0], width), h.dtype))
+
+
+DROPOUT_BITS = 16
+
+
+def dropout_keep_masks(key: jax.Array, shape: tuple[int, ...], rate: float, count: int):
+    """`count` independent keep masks [count, *shape] and the inverted-dropout scale 1/(1-p).
+
+    Each element is dropped with probability p = round(rate * 2^16) / 2^16 (rate 0.05 -> 0.0500031)
+    from 16 random bits, two masks' worth per 32-bit threefry word: jax.random's cost is per 32-bit
+    word (a [1024, 576] bernoulli takes 4.1 ms on this CPU, 32 raw bits 2.6 ms), and LoRA dropout
+    draws one mask per module input, ~5k values per token per layer. peft scales by 1/(1-rate);
+    1/(1-p) keeps E[dropout(x)] = x exactly.
+    """
+    levels = 1 << DROPOUT_BITS
+    threshold = int(round(rate * levels))
+    n = count * int(np.prod(shape))
+    words = jax.random.bits(key, (-(-n // 2),), jnp.uint32)
+    halves = jnp.concatenate([words & (levels - 1), words >> DROPOUT_BITS])[:n]
+    keep = (halves >= threshold).reshape((count,) + tuple(shape))
+    return keep, levels / (levels - threshold)
 
 
 def _module_columns(module_bs, widths, targeted, untargeted) -> jax.Array:

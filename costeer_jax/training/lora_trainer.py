@@ -28,8 +28,8 @@ import optax
 
 from costeer_jax.models import lora
 from costeer_jax.models.config import DecoderConfig
-from costeer_jax.models.decoder import accumulation_dtype, output_head, packed_hidden
-from costeer_jax.training.packing import PackedBatch, TokenizedExample, epoch_batches
+from costeer_jax.models.decoder import accumulation_dtype, output_head, packed_hidden, stack_layers
+from costeer_jax.training.packing import PackedBatch, TokenizedExample, epoch_batches, loss_capacity
 
 LOSS_CHUNK = 256  # positions per vocabulary-projection chunk of the loss
 
@@ -81,8 +81,13 @@ def make_optimizer(config: TrainConfig, total_steps: int) -> optax.GradientTrans
                        optax.adamw(learning_rate_schedule(config, total_steps), weight_decay=config.weight_decay))
 
 
+LOSS_LOGITS_BYTES = 1 << 29  # above this, logits chunks are recomputed in the backward instead of kept
+
+
 def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, weights: jax.Array) -> jax.Array:
-    """sum of weights * -log p(target) with the [*, V] logits built LOSS_CHUNK positions at a time."""
+    """sum of weights * -log p(target) with the [*, V] logits built LOSS_CHUNK positions at a time;
+    the chunks' logits are kept for the backward while they fit in LOSS_LOGITS_BYTES, else each
+    chunk is rematerialized (jax.checkpoint)."""
     r, length, d = hidden.shape
     chunk = min(LOSS_CHUNK, length)
     pad = -length % chunk
@@ -91,11 +96,13 @@ def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, weights
         targets, weights = (jnp.pad(x, ((0, 0), (0, pad))) for x in (targets, weights))
     n = hidden.shape[1] // chunk
 
-    @jax.checkpoint
     def one(h, t, w):
         logits = jnp.einsum("rld,vd->rlv", h, head, preferred_element_type=accumulation_dtype(h.dtype))
         picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
         return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - picked) * w)
+
+    if r * n * chunk * head.shape[0] * 4 > LOSS_LOGITS_BYTES:
+        one = jax.checkpoint(one)
 
     def body(total, xs):
         return total + one(*xs), None
@@ -108,11 +115,19 @@ def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, weights
 
 def batch_nll(adapter: lora.Adapter, base: dict, batch: dict, *, model_cfg: DecoderConfig,
               lora_cfg: lora.LoraConfig, dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """(sum of response-token NLLs, number of response tokens) of a packed batch."""
+    """(sum of response-token NLLs, number of response tokens) of a packed batch. With
+    `loss_index` in the batch (PackedBatch.as_dict(loss_capacity)) only those positions are
+    projected to the vocabulary; the result is the same."""
     dropout = None if dropout_key is None or lora_cfg.dropout == 0 else (lora_cfg.dropout, dropout_key)
     hidden = packed_hidden(base, model_cfg, batch["tokens"], batch["positions"], batch["segment_ids"],
                            lora.single(adapter, lora_cfg), dropout)
-    total = _chunked_nll(hidden, output_head(base).astype(hidden.dtype), batch["targets"], batch["weights"])
+    targets, weights = batch["targets"], batch["weights"]
+    if "loss_index" in batch:
+        index = jnp.maximum(batch["loss_index"], 0)
+        hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
+        targets = jnp.take_along_axis(targets, index, axis=1)
+        weights = jnp.take_along_axis(weights, index, axis=1) * (batch["loss_index"] >= 0)
+    total = _chunked_nll(hidden, output_head(base).astype(hidden.dtype), targets, weights)
     return total, jnp.sum(batch["weights"])
 
 
@@ -151,6 +166,7 @@ class StepPlan:
         self.epochs = [epoch_batches(examples, config.max_len, config.rows_per_batch, config.seed, e)
                        for e in range(config.epochs)]
         self.total = sum(len(batches) for batches in self.epochs)
+        self.loss_capacity = loss_capacity([b for batches in self.epochs for b in batches])
 
     def batch(self, step: int) -> tuple[int, PackedBatch]:
         epoch = 0
@@ -158,6 +174,11 @@ class StepPlan:
             step -= len(self.epochs[epoch])
             epoch += 1
         return epoch, self.epochs[epoch][step]
+
+    def arrays(self, step: int) -> tuple[int, PackedBatch, dict]:
+        """(epoch, batch, the step's input arrays)."""
+        epoch, batch = self.batch(step)
+        return epoch, batch, batch.as_dict(self.loss_capacity)
 
 
 def _place(tree, mesh, batch: bool):
@@ -194,8 +215,10 @@ def check_training_mesh(mesh, rows_per_batch: int) -> None:
 def evaluate_loss(adapter, base, batches: Sequence[PackedBatch], model_cfg, config: TrainConfig, mesh=None) -> float:
     """Mean NLL per response token over packed held-out batches (no dropout)."""
     total, count = 0.0, 0.0
+    capacity = loss_capacity(batches)
     for batch in batches:
-        t, c = eval_nll(adapter, base, _place(batch.as_dict(), mesh, True), model_cfg=model_cfg, lora_cfg=config.lora)
+        t, c = eval_nll(adapter, base, _place(batch.as_dict(capacity), mesh, True), model_cfg=model_cfg,
+                        lora_cfg=config.lora)
         total, count = total + float(t), count + float(c)
     return total / max(count, 1.0)
 
@@ -263,7 +286,8 @@ def train(base: dict, model_cfg: DecoderConfig, train_examples: Sequence[Tokeniz
     history = _read_metrics(metrics_path, resumed_from)
     metrics_path.write_text("".join(json.dumps(r) + "\n" for r in history))
 
-    base = _place(base, mesh, False)
+    # The step scans the layers over stacked weights: stack once here, not inside every step.
+    base = _place(stack_layers(base), mesh, False)
     state = place_state(state, mesh)
     seed_key = jax.random.key(config.seed)
     step_kw = dict(model_cfg=model_cfg, lora_cfg=config.lora, optimizer=optimizer)
@@ -286,9 +310,9 @@ def train(base: dict, model_cfg: DecoderConfig, train_examples: Sequence[Tokeniz
     try:
         with open(metrics_path, "a") as log:
             while step < last_stop:
-                epoch, batch = plan.batch(step)
+                epoch, batch, arrays = plan.arrays(step)
                 t0 = time.perf_counter()
-                state, metrics = train_step(state, base, _place(batch.as_dict(), mesh, True), seed_key, **step_kw)
+                state, metrics = train_step(state, base, _place(arrays, mesh, True), seed_key, **step_kw)
                 metrics = jax.device_get(metrics)
                 dt = time.perf_counter() - t0
                 step += 1

@@ -42,12 +42,42 @@ class PackedBatch:
     targets: np.ndarray  # [R, L] int32: the next token of the same example (0 where none)
     weights: np.ndarray  # [R, L] float32: 1 where targets[t] is a response token
 
-    def as_dict(self) -> dict[str, np.ndarray]:
-        return dataclasses.asdict(self)
+    def as_dict(self, loss_capacity: int | None = None) -> dict[str, np.ndarray]:
+        """The arrays a train step takes; with loss_capacity, also `loss_index` (loss_positions)."""
+        out = dataclasses.asdict(self)
+        if loss_capacity is not None:
+            out["loss_index"] = loss_positions(self.weights, loss_capacity)
+        return out
+
+    @property
+    def max_row_targets(self) -> int:
+        return int((self.weights > 0).sum(axis=1).max(initial=0))
 
     @property
     def num_target_tokens(self) -> int:
         return int(self.weights.sum())
+
+
+def loss_positions(weights: np.ndarray, capacity: int) -> np.ndarray:
+    """[R, capacity] int32: each row's positions that carry a target (weights > 0), in order, then
+    -1. The loss projects only these positions to the vocabulary (the output head is ~20% of a
+    small model's FLOPs, and prompts are most of an SFT row's tokens)."""
+    rows, _ = weights.shape
+    index = np.full((rows, capacity), -1, np.int32)
+    for r in range(rows):
+        where = np.flatnonzero(weights[r] > 0)
+        if len(where) > capacity:
+            raise ValueError(f"row {r} has {len(where)} target tokens, more than loss_capacity={capacity}")
+        index[r, :len(where)] = where
+    return index
+
+
+def loss_capacity(batches: Sequence["PackedBatch"], multiple: int = 64) -> int:
+    """One `loss_index` width for every batch of a run (one compiled step): the most target tokens
+    of any row, rounded up to `multiple`, at most the row length."""
+    most = max((b.max_row_targets for b in batches), default=1)
+    length = batches[0].tokens.shape[1] if batches else multiple
+    return int(min(length, max(multiple, -(-most // multiple) * multiple)))
 
 
 def pack_rows(examples: Sequence[TokenizedExample], max_len: int) -> list[list[TokenizedExample]]:
