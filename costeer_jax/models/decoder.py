@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,6 +51,36 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight * xf.astype(x.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def frozen_einsum(spec: str, out_dtype, h: jax.Array, w: jax.Array) -> jax.Array:
+    """einsum(spec, h, w) for a weight that is never trained: h is cast to w's dtype, the product
+    accumulated in fp32 (fp64 for fp64 weights) and returned as out_dtype; the backward computes
+    only h's gradient, the same way.
+
+    Each part matters for bf16 weights on XLA:CPU: a bf16 x bf16 dot with a bf16 result runs as an
+    fp32 dot (330 GFLOP/s here), one with an fp32 result on the CPU's bf16 units (1.9 TFLOP/s);
+    a bf16 weight met by an fp32 input (autodiff's cotangent, or fp32 activations) is converted
+    whole to fp32 at every use; and no gradient of the weight is ever formed.
+    """
+    return jnp.einsum(spec, h.astype(w.dtype), w, preferred_element_type=accumulation_dtype(w.dtype)).astype(out_dtype)
+
+
+def _frozen_einsum_fwd(spec, out_dtype, h, w):
+    return frozen_einsum(spec, out_dtype, h, w), (w, jnp.zeros((0,), h.dtype))
+
+
+def _frozen_einsum_bwd(spec, out_dtype, residuals, d_out):
+    w, h_dtype = residuals
+    inputs, out = spec.split("->")
+    h_spec, w_spec = inputs.split(",")
+    d_h = jnp.einsum(f"{out},{w_spec}->{h_spec}", d_out.astype(w.dtype), w,
+                     preferred_element_type=accumulation_dtype(w.dtype))
+    return d_h.astype(h_dtype.dtype), jnp.zeros_like(w)  # the weight's cotangent is never used (XLA drops it)
+
+
+frozen_einsum.defvjp(_frozen_einsum_fwd, _frozen_einsum_bwd)
+
+
 def _attention(q, keys, values, positions, cfg: DecoderConfig):
     """q [B,S,H,hd]; keys/values [B,K,T,hd]; a query at position p sees slots t <= p."""
     b, s, _, hd = q.shape
@@ -71,10 +103,11 @@ def _layer(x, w, cfg: DecoderConfig, cos, sin, attend, state, lora_layer=None, a
     b, s, _ = x.shape
 
     def project(name, h, spec):
-        y = jnp.einsum(spec, h, w[name])
+        y = frozen_einsum(spec, h.dtype, h, w[name])
         if lora_layer is not None and name in lora_layer:
             drop = None if dropout is None else (dropout[0], jax.random.fold_in(dropout[1], _PROJ_INDEX[name]))
-            y = y + lora.projection_delta(h, lora_layer[name], adapters, lora.fused_widths(cfg, name), drop)
+            y = y + lora.projection_delta(h, lora_layer[name], adapters, lora.fused_widths(cfg, name), drop,
+                                          w[name].dtype)
         return y
 
     h_q, h_kv, hd = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.head_dim
@@ -159,14 +192,19 @@ def packed_hidden(params: Params, cfg: DecoderConfig, tokens: jax.Array, positio
     Row b holds several examples back to back: segment_ids [B, S] numbers them (0 = padding) and
     positions [B, S] restart at 0 for each, so a token attends only to the earlier tokens of its
     own example, exactly as if that example ran alone. dropout=(rate, key): LoRA input dropout.
+
+    Activations are fp32 whatever the weights' dtype (as under torch's autocast): with bf16 weights
+    only the matmuls read bf16 (frozen_einsum). bf16 activations made XLA:CPU convert the scan's
+    whole stacked bf16 residual buffers to fp32 and back at every layer (1.1 s of a 3.7 s SmolLM2
+    step), and cost precision for nothing, since the matmuls accumulate in fp32 anyway.
     """
-    dtype = params["embed"].dtype
-    x = params["embed"][tokens].astype(dtype)
+    weights_dtype = jnp.dtype(params["embed"].dtype)
+    x = params["embed"][tokens].astype(accumulation_dtype(weights_dtype))
     cos, sin = rope_tables(jnp.asarray(inverse_frequencies(cfg)), positions)
     visible = segment_visibility(segment_ids)
 
     def attend(q, k, v, state):
-        return segment_attention(q, k, v, visible), state
+        return segment_attention(q, k, v, visible, weights_dtype), state
 
     # The layers run as one lax.scan over stacked weights (stack_layers; a train step gets them
     # stacked once by the trainer). Without rematerialization: segment_attention keeps O(S)

@@ -30,6 +30,7 @@ one per fused matmul (not peft's per-module semantics), and it has no per-row ad
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, Sequence
@@ -168,11 +169,13 @@ def with_rows(layers: list, scales: jax.Array, row_index) -> RowAdapters:
 
 
 def projection_delta(h: jax.Array, proj: dict, adapters: RowAdapters, out_widths: Sequence[int],
-                     dropout: tuple[float, jax.Array] | None = None) -> jax.Array:
+                     dropout: tuple[float, jax.Array] | None = None, matmul_dtype=None) -> jax.Array:
     """(alpha/r) * drop(h) A B for one fused projection: h [B, S, in] -> [B, S, sum(out_widths)].
 
     Modules without an adapter (b None) add zero columns. dropout=(rate, key) applies peft's input
     dropout, one mask per module as peft has one dropout layer per module (training only).
+    matmul_dtype: the base weights' dtype; with bf16 a single adapter's matmuls read bf16 operands
+    (fp32 accumulation, fp32 adapter weights and gradients).
     """
     a, bs = proj["a"], [b for b in proj["b"] if b is not None]
     rank = bs[0].shape[-2]
@@ -182,10 +185,13 @@ def projection_delta(h: jax.Array, proj: dict, adapters: RowAdapters, out_widths
         # One adapter for every row: 2-D matmuls over the flattened tokens. Contracting over
         # (batch, seq) for the gradients of A and B made XLA:CPU transpose each module's slice of
         # the output gradient first (2x the LoRA backward on SmolLM2; BUILD_NOTES.md, LoRA).
-        flat = h.reshape(-1, h.shape[-1])
-        delta = _delta_2d(flat, a.astype(h.dtype), [b.astype(h.dtype) for b in bs], proj["b"], out_widths,
-                          adapters.scale.astype(h.dtype), rank, dropout)
-        return delta.reshape(h.shape[:-1] + (delta.shape[-1],))
+        # Activations and adapter weights in fp32 (fp64 in gradient checks) whatever the base's
+        # dtype, as peft keeps adapters of a bf16 base in fp32; only the matmul operands are bf16.
+        acc = jnp.promote_types(h.dtype, jnp.float32)
+        flat = h.reshape(-1, h.shape[-1]).astype(acc)
+        delta = _delta_2d(flat, a, bs, proj["b"], out_widths, adapters.scale.astype(acc), rank, dropout,
+                          jnp.dtype(matmul_dtype or acc))
+        return delta.reshape(h.shape[:-1] + (delta.shape[-1],)).astype(h.dtype)
     index = jnp.maximum(adapters.row_index, 0)
     a = a[index]  # [B, in, S*r]: each row's own A
     bs = [b[index] for b in bs]
@@ -197,24 +203,62 @@ def projection_delta(h: jax.Array, proj: dict, adapters: RowAdapters, out_widths
                            lambda width: jnp.zeros(h.shape[:2] + (width,), h.dtype))
 
 
-def _delta_2d(h, a, bs, module_bs, out_widths, scale, rank, dropout):
-    """h [N, in] -> [N, out] for one adapter; the scale multiplies the rank-r activations, the
-    narrowest tensor of the delta."""
+def _delta_2d(h, a, bs, module_bs, out_widths, scale, rank, dropout, matmul_dtype):
+    """h [N, in] -> [N, out] for one adapter, one module_delta per targeted module."""
     if dropout is None or dropout[0] == 0.0:
-        u = (h @ a) * scale
-        us = [u[:, s * rank:(s + 1) * rank] for s in range(len(bs))]
+        keep, input_scale = [None] * len(bs), scale
     else:
         keep, inverse_keep = dropout_keep_masks(dropout[1], h.shape, dropout[0], len(bs))
-
-        # Rematerialized: the backward keeps h and the boolean mask, not a dropped float copy of
-        # the input per module (5k floats per token per layer on SmolLM2).
-        @jax.checkpoint
-        def dropped_a(h, keep, a):
-            return jnp.where(keep, h * (inverse_keep * scale), 0).astype(h.dtype) @ a
-
-        us = [dropped_a(h, keep[s], a[:, s * rank:(s + 1) * rank]) for s in range(len(bs))]
-    return _module_columns(module_bs, out_widths, lambda s, _: us[s] @ bs[s],
+        input_scale = scale * inverse_keep
+    deltas = [module_delta(matmul_dtype, h, a[:, s * rank:(s + 1) * rank], b, keep[s], input_scale)
+              for s, b in enumerate(bs)]
+    return _module_columns(module_bs, out_widths, lambda s, _: deltas[s],
                            lambda width: jnp.zeros((h.shape[0], width), h.dtype))
+
+
+def _dot(a, b, dtype, contract=((1,), (0,))):
+    """a . b with operands in `dtype`, accumulated in fp32 (fp64 for fp64)."""
+    return jax.lax.dot_general(a.astype(dtype), b.astype(dtype), (contract, ((), ())),
+                               preferred_element_type=jnp.promote_types(dtype, jnp.float32))
+
+
+def _dropped(h, keep, input_scale):
+    """peft's dropout(h) with the adapter scale folded in: keep * h * scale / (1 - p)."""
+    scaled = h * input_scale.astype(h.dtype)
+    return scaled if keep is None else jnp.where(keep, scaled, 0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def module_delta(matmul_dtype, h, a, b, keep, input_scale):
+    """One peft module's delta, (scale * dropout(h)) A B, for h [N, in], a [in, r], b [r, out].
+
+    Its backward is written out so every matmul keeps matmul_dtype operands: autodiff would
+    multiply the fp32 cotangent by bf16 operands, which XLA:CPU does as fp32 matmuls after
+    converting the operands. The gradients of A and B come out in their own dtype (fp32 masters).
+    """
+    u = _dot(_dropped(h, keep, input_scale), a, matmul_dtype)
+    return _dot(u, b, matmul_dtype).astype(h.dtype)
+
+
+def _module_delta_fwd(matmul_dtype, h, a, b, keep, input_scale):
+    u = _dot(_dropped(h, keep, input_scale), a, matmul_dtype)
+    return _dot(u, b, matmul_dtype).astype(h.dtype), (h, a, b, keep, input_scale, u)
+
+
+def _module_delta_bwd(matmul_dtype, residuals, d_out):
+    h, a, b, keep, input_scale, u = residuals
+    dropped = _dropped(h, keep, input_scale)
+    d_b = _dot(u, d_out, matmul_dtype, ((0,), (0,)))  # u^T dY
+    d_u = _dot(d_out, b, matmul_dtype, ((1,), (1,)))  # dY B^T
+    d_a = _dot(dropped, d_u, matmul_dtype, ((0,), (0,)))  # dropout(h)^T dU
+    d_dropped = _dot(d_u, a, matmul_dtype, ((1,), (1,)))  # dU A^T
+    d_h = _dropped(d_dropped, keep, input_scale)  # the same mask and scale: the map is linear in h
+    d_keep = None if keep is None else np.zeros(keep.shape, jax.dtypes.float0)
+    return (d_h.astype(h.dtype), d_a.astype(a.dtype), d_b.astype(b.dtype), d_keep,
+            jnp.zeros_like(input_scale))  # the scale is a constant of the config, never trained
+
+
+module_delta.defvjp(_module_delta_fwd, _module_delta_bwd)
 
 
 DROPOUT_BITS = 16

@@ -20,6 +20,8 @@ attention, softmax(q k^T / sqrt(hd) masked) v, arranged for a train step on a CP
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,25 +51,29 @@ def _ungroup(out):
     return out.transpose(0, 2, 1, 3, 4).reshape(b, s, kh * g * hd)
 
 
-def _masked_scores(qg, k, visible, scale):
+def _dot(spec, a, b, dtype):
+    """einsum with both operands in `dtype` (bf16 runs on the CPU's bf16 units), accumulated in fp32."""
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=_acc(dtype))
+
+
+def _masked_scores(qg, k, visible, scale, dtype):
     """Scaled scores [B, K, S, G, T] in the accumulation dtype; invisible keys get the dtype's min,
     exactly as `decoder._attention` masks them (a row with no visible key is uniform, not NaN)."""
     acc = _acc(qg.dtype)
-    scores = jnp.einsum("bksgd,btkd->bksgt", qg, k, preferred_element_type=acc) * scale
+    scores = _dot("bksgd,btkd->bksgt", qg, k, dtype).astype(acc) * scale
     return jnp.where(visible[:, None, :, None, :], scores, jnp.finfo(acc).min)
 
 
-def _forward(q, k, v, visible):
+def _forward(q, k, v, visible, dtype):
     qg = _grouped(q, k.shape[2])
     scale = q.shape[-1] ** -0.5
     outs, peaks, log_totals = [], [], []
     for start, end in query_blocks(q.shape[1]):
-        scores = _masked_scores(qg[:, :, start:end], k[:, :end], visible[:, start:end, :end], scale)
+        scores = _masked_scores(qg[:, :, start:end], k[:, :end], visible[:, start:end, :end], scale, dtype)
         peak = jnp.max(scores, axis=-1, keepdims=True)
         weights = jnp.exp(scores - peak)
         total = jnp.sum(weights, axis=-1, keepdims=True)
-        outs.append(jnp.einsum("bksgt,btkd->bksgd", (weights / total).astype(v.dtype), v[:, :end],
-                               preferred_element_type=_acc(v.dtype)))
+        outs.append(_dot("bksgt,btkd->bksgd", weights / total, v[:, :end], dtype))
         # The log-sum-exp as (peak, log total): their sum would round to the peak in a row with no
         # visible key (peak = the dtype's min), whose probabilities are 1/T, not 1.
         peaks.append(peak)
@@ -76,23 +82,26 @@ def _forward(q, k, v, visible):
     return jnp.concatenate(outs, axis=2).astype(q.dtype), stats  # out [B, K, S, G, hd]
 
 
-@jax.custom_vjp
-def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array, matmul_dtype=None) -> jax.Array:
     """q [B, S, H, hd]; k, v [B, S, K, hd]; visible [B, S, S] bool, causal (no query sees a later
-    key: the blocks rely on it) -> [B, S, H*hd] in q's dtype."""
-    return _ungroup(_forward(q, k, v, visible)[0])
+    key: the blocks rely on it) -> [B, S, H*hd] in q's dtype. matmul_dtype (default q's dtype):
+    the matmuls' operand dtype, e.g. bf16 for fp32 activations of a bf16 model; the softmax and
+    the residuals stay in q's dtype."""
+    return _ungroup(_forward(q, k, v, visible, matmul_dtype or q.dtype)[0])
 
 
-def _fwd(q, k, v, visible):
-    out, stats = _forward(q, k, v, visible)
+def _fwd(q, k, v, visible, matmul_dtype):
+    out, stats = _forward(q, k, v, visible, matmul_dtype or q.dtype)
     return _ungroup(out), (q, k, v, visible, out, stats)
 
 
-def _bwd(residuals, d_out):
+def _bwd(matmul_dtype, residuals, d_out):
     q, k, v, visible, out, (peak, log_total) = residuals
     b, s, h, hd = q.shape
     kh = k.shape[2]
     acc = _acc(q.dtype)
+    dtype = matmul_dtype or q.dtype
     scale = hd ** -0.5
     qg = _grouped(q, kh)
     d_out = _grouped(d_out.reshape(b, s, h, hd), kh)
@@ -100,18 +109,16 @@ def _bwd(residuals, d_out):
     d_qs, d_k, d_v = [], jnp.zeros(k.shape, acc), jnp.zeros(v.shape, acc)
     for start, end in query_blocks(s):
         block_visible = visible[:, start:end, :end]
-        probs = jnp.exp(_masked_scores(qg[:, :, start:end], k[:, :end], block_visible, scale)
+        probs = jnp.exp(_masked_scores(qg[:, :, start:end], k[:, :end], block_visible, scale, dtype)
                         - peak[:, :, start:end] - log_total[:, :, start:end])
-        d_probs = jnp.einsum("bksgd,btkd->bksgt", d_out[:, :, start:end], v[:, :end], preferred_element_type=acc)
+        d_probs = _dot("bksgd,btkd->bksgt", d_out[:, :, start:end], v[:, :end], dtype).astype(acc)
         # Softmax backward. The scores of invisible keys are constants (jnp.where), so no gradient
         # flows through them; that matters in rows with no visible key (padding), where P is 1/T.
         d_scores = jnp.where(block_visible[:, None, :, None, :], probs * (d_probs - row_dot[:, :, start:end]),
-                             0).astype(q.dtype)
-        d_qs.append(jnp.einsum("bksgt,btkd->bksgd", d_scores, k[:, :end], preferred_element_type=acc) * scale)
-        d_k = d_k.at[:, :end].add(jnp.einsum("bksgt,bksgd->btkd", d_scores, qg[:, :, start:end],
-                                             preferred_element_type=acc) * scale)
-        d_v = d_v.at[:, :end].add(jnp.einsum("bksgt,bksgd->btkd", probs.astype(v.dtype), d_out[:, :, start:end],
-                                             preferred_element_type=acc))
+                             0)
+        d_qs.append(_dot("bksgt,btkd->bksgd", d_scores, k[:, :end], dtype) * scale)
+        d_k = d_k.at[:, :end].add(_dot("bksgt,bksgd->btkd", d_scores, qg[:, :, start:end], dtype) * scale)
+        d_v = d_v.at[:, :end].add(_dot("bksgt,bksgd->btkd", probs, d_out[:, :, start:end], dtype))
     d_q = _ungroup(jnp.concatenate(d_qs, axis=2)).reshape(q.shape)
     return (d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype),
             np.zeros(visible.shape, jax.dtypes.float0))

@@ -28,7 +28,7 @@ import optax
 
 from costeer_jax.models import lora
 from costeer_jax.models.config import DecoderConfig
-from costeer_jax.models.decoder import accumulation_dtype, output_head, packed_hidden, stack_layers
+from costeer_jax.models.decoder import accumulation_dtype, frozen_einsum, output_head, packed_hidden, stack_layers
 from costeer_jax.training.packing import PackedBatch, TokenizedExample, epoch_batches, loss_capacity
 
 LOSS_CHUNK = 256  # positions per vocabulary-projection chunk of the loss
@@ -97,7 +97,7 @@ def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, weights
     n = hidden.shape[1] // chunk
 
     def one(h, t, w):
-        logits = jnp.einsum("rld,vd->rlv", h, head, preferred_element_type=accumulation_dtype(h.dtype))
+        logits = frozen_einsum("rld,vd->rlv", accumulation_dtype(head.dtype), h, head)
         picked = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
         return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - picked) * w)
 
@@ -127,7 +127,7 @@ def batch_nll(adapter: lora.Adapter, base: dict, batch: dict, *, model_cfg: Deco
         hidden = jnp.take_along_axis(hidden, index[..., None], axis=1)
         targets = jnp.take_along_axis(targets, index, axis=1)
         weights = jnp.take_along_axis(weights, index, axis=1) * (batch["loss_index"] >= 0)
-    total = _chunked_nll(hidden, output_head(base).astype(hidden.dtype), targets, weights)
+    total = _chunked_nll(hidden, output_head(base), targets, weights)
     return total, jnp.sum(batch["weights"])
 
 
