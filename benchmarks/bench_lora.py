@@ -2,6 +2,7 @@
 (per-row) adapters in a decode step, all in one run.
 
   python benchmarks/bench_lora.py [--model smollm2-135m-instruct] [--rank 64] [--train_steps 6]
+      [--train_dtypes float32,bfloat16] [--skip_decode] [--skip_torch]
 
 Training: the same packed rows (--rows_per_batch x --max_len tokens of real CoGenesis-style
 text: the SmolLM2 tokenization of the demo prompts, cycled) through our jitted optax step and a
@@ -137,7 +138,8 @@ def torch_peft_training(gguf: str, batches, rank: int, dtype: str = "float32") -
     return {"tokens_per_s": round(tokens / seconds, 1), "seconds_per_step": round(seconds / len(batches[1:]), 3),
             "first_step_seconds": round(first, 2), "losses": [round(x, 3) for x in losses],
             "torch_threads": torch.get_num_threads(), "note": "causal attention over the whole packed row "
-            "(HF has no per-segment mask without flash-attn); same FLOPs as ours"}
+            "(HF has no per-segment mask without flash-attn), so its loss differs from ours; logits at every "
+            "position, as HF computes them (ours: only at the target positions)"}
 
 
 def main():
@@ -151,6 +153,10 @@ def main():
     ap.add_argument("--rows_per_batch", type=int, default=2)
     ap.add_argument("--max_len", type=int, default=512)
     ap.add_argument("--skip_torch", action="store_true")
+    ap.add_argument("--skip_decode", action="store_true")
+    ap.add_argument("--train_dtypes", default="float32,bfloat16",
+                    help="one training comparison per dtype: both sides load the base in it (bf16: the "
+                         "papers' recipe; our adapter masters and peft's default adapters stay fp32)")
     a = ap.parse_args()
     from common import gguf_path
 
@@ -159,15 +165,19 @@ def main():
 
     model = load_model_cached(a.model)
     results = {"model": model.name, "rank": a.rank, "machine": machine_note()}
-    results["decode"] = decode_costs(model, a.rank, [int(b) for b in a.batch_sizes.split(",")], a.steps, a.repeats)
+    if not a.skip_decode:
+        results["decode"] = decode_costs(model, a.rank, [int(b) for b in a.batch_sizes.split(",")], a.steps,
+                                         a.repeats)
     batches = training_rows(model.tokenizer, eos_token_ids(model.tokenizer, model.generation_eos)[0],
                             a.rows_per_batch, a.max_len, a.train_steps)
     results["train_tokens_per_step"] = int((batches[1].segment_ids > 0).sum())
-    results["ours_training"] = ours_training(model, batches, a.rank)
-    if not a.skip_torch:
-        results["torch_peft_training"] = torch_peft_training(gguf_path(a.model), batches, a.rank)
-        results["training_speedup"] = round(results["ours_training"]["tokens_per_s"]
-                                            / results["torch_peft_training"]["tokens_per_s"], 2)
+    results["train_target_tokens_per_step"] = int(batches[1].weights.sum())
+    for dtype in a.train_dtypes.split(","):
+        ours = ours_training(model if dtype == "float32" else load_model_cached(a.model, dtype), batches, a.rank)
+        figures = results[f"training_{dtype}"] = {"ours": ours}
+        if not a.skip_torch:
+            figures["torch_peft"] = torch_peft_training(gguf_path(a.model), batches, a.rank, dtype)
+            figures["speedup"] = round(ours["tokens_per_s"] / figures["torch_peft"]["tokens_per_s"], 2)
     print(json.dumps(results, indent=1))
 
 

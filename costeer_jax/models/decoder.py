@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from costeer_jax.models import lora
-from costeer_jax.models.cache import KVCache, init_cache
+from costeer_jax.models.cache import KVCache
 from costeer_jax.models.config import DecoderConfig
 from costeer_jax.models.packed_attention import segment_attention, segment_visibility
 from costeer_jax.models.rope import apply_rope, inverse_frequencies, rope_tables

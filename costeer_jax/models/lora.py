@@ -204,14 +204,13 @@ def projection_delta(h: jax.Array, proj: dict, adapters: RowAdapters, out_widths
 
 
 def _delta_2d(h, a, bs, module_bs, out_widths, scale, rank, dropout, matmul_dtype):
-    """h [N, in] -> [N, out] for one adapter, one module_delta per targeted module."""
+    """h [N, in] -> [N, out] for one adapter."""
     if dropout is None or dropout[0] == 0.0:
-        keep, input_scale = [None] * len(bs), scale
+        keep, input_scale = None, scale
     else:
         keep, inverse_keep = dropout_keep_masks(dropout[1], h.shape, dropout[0], len(bs))
         input_scale = scale * inverse_keep
-    deltas = [module_delta(matmul_dtype, h, a[:, s * rank:(s + 1) * rank], b, keep[s], input_scale)
-              for s, b in enumerate(bs)]
+    deltas = adapter_deltas(matmul_dtype, h, a, tuple(bs), keep, input_scale)
     return _module_columns(module_bs, out_widths, lambda s, _: deltas[s],
                            lambda width: jnp.zeros((h.shape[0], width), h.dtype))
 
@@ -228,37 +227,57 @@ def _dropped(h, keep, input_scale):
     return scaled if keep is None else jnp.where(keep, scaled, 0)
 
 
+def _low_rank(matmul_dtype, h, a, keep, input_scale, rank):
+    """U [N, S*r] = (scale * dropout_s(h)) A_s side by side: one matmul for all S modules without
+    dropout (they read the same input), one per module with their own masks."""
+    if keep is None:
+        return _dot(_dropped(h, None, input_scale), a, matmul_dtype)
+    return jnp.concatenate([_dot(_dropped(h, keep[s], input_scale), a[:, s * rank:(s + 1) * rank], matmul_dtype)
+                            for s in range(keep.shape[0])], axis=1)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def module_delta(matmul_dtype, h, a, b, keep, input_scale):
-    """One peft module's delta, (scale * dropout(h)) A B, for h [N, in], a [in, r], b [r, out].
+def adapter_deltas(matmul_dtype, h, a, bs, keep, input_scale):
+    """The S targeted modules' deltas of one fused projection, (scale * dropout_s(h)) A_s B_s, for
+    h [N, in], a [in, S*r] (the modules' A side by side), bs = S matrices [r, out_s], keep None or
+    S masks [S, N, in]. Returns a tuple of S [N, out_s] in h's dtype.
 
     Its backward is written out so every matmul keeps matmul_dtype operands: autodiff would
     multiply the fp32 cotangent by bf16 operands, which XLA:CPU does as fp32 matmuls after
     converting the operands. The gradients of A and B come out in their own dtype (fp32 masters).
     """
-    u = _dot(_dropped(h, keep, input_scale), a, matmul_dtype)
-    return _dot(u, b, matmul_dtype).astype(h.dtype)
+    return _adapter_deltas_fwd(matmul_dtype, h, a, bs, keep, input_scale)[0]
 
 
-def _module_delta_fwd(matmul_dtype, h, a, b, keep, input_scale):
-    u = _dot(_dropped(h, keep, input_scale), a, matmul_dtype)
-    return _dot(u, b, matmul_dtype).astype(h.dtype), (h, a, b, keep, input_scale, u)
+def _adapter_deltas_fwd(matmul_dtype, h, a, bs, keep, input_scale):
+    rank = bs[0].shape[0]
+    u = _low_rank(matmul_dtype, h, a, keep, input_scale, rank)
+    deltas = tuple(_dot(u[:, s * rank:(s + 1) * rank], b, matmul_dtype).astype(h.dtype) for s, b in enumerate(bs))
+    return deltas, (h, a, bs, keep, input_scale, u)
 
 
-def _module_delta_bwd(matmul_dtype, residuals, d_out):
-    h, a, b, keep, input_scale, u = residuals
-    dropped = _dropped(h, keep, input_scale)
-    d_b = _dot(u, d_out, matmul_dtype, ((0,), (0,)))  # u^T dY
-    d_u = _dot(d_out, b, matmul_dtype, ((1,), (1,)))  # dY B^T
-    d_a = _dot(dropped, d_u, matmul_dtype, ((0,), (0,)))  # dropout(h)^T dU
-    d_dropped = _dot(d_u, a, matmul_dtype, ((1,), (1,)))  # dU A^T
-    d_h = _dropped(d_dropped, keep, input_scale)  # the same mask and scale: the map is linear in h
+def _adapter_deltas_bwd(matmul_dtype, residuals, d_deltas):
+    h, a, bs, keep, input_scale, u = residuals
+    rank = bs[0].shape[0]
+    u_s = [u[:, s * rank:(s + 1) * rank] for s in range(len(bs))]
+    d_bs = tuple(_dot(us, d, matmul_dtype, ((0,), (0,))).astype(b.dtype)  # U_s^T dY_s
+                 for us, d, b in zip(u_s, d_deltas, bs))
+    d_u = [_dot(d, b, matmul_dtype, ((1,), (1,))) for d, b in zip(d_deltas, bs)]  # dY_s B_s^T
+    if keep is None:
+        d_u = jnp.concatenate(d_u, axis=1)
+        d_a = _dot(_dropped(h, None, input_scale), d_u, matmul_dtype, ((0,), (0,)))  # (scale h)^T dU
+        d_h = _dropped(_dot(d_u, a, matmul_dtype, ((1,), (1,))), None, input_scale)  # scale dU A^T
+    else:  # per module: dropout_s(h)^T dU_s, and dropout_s(dU_s A_s^T) (the map is linear in h)
+        d_a = jnp.concatenate([_dot(_dropped(h, keep[s], input_scale), d, matmul_dtype, ((0,), (0,)))
+                               for s, d in enumerate(d_u)], axis=1)
+        d_h = sum(_dropped(_dot(d, a[:, s * rank:(s + 1) * rank], matmul_dtype, ((1,), (1,))), keep[s], input_scale)
+                  for s, d in enumerate(d_u))
     d_keep = None if keep is None else np.zeros(keep.shape, jax.dtypes.float0)
-    return (d_h.astype(h.dtype), d_a.astype(a.dtype), d_b.astype(b.dtype), d_keep,
+    return (d_h.astype(h.dtype), d_a.astype(a.dtype), d_bs, d_keep,
             jnp.zeros_like(input_scale))  # the scale is a constant of the config, never trained
 
 
-module_delta.defvjp(_module_delta_fwd, _module_delta_bwd)
+adapter_deltas.defvjp(_adapter_deltas_fwd, _adapter_deltas_bwd)
 
 
 DROPOUT_BITS = 16
