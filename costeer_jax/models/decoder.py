@@ -186,12 +186,14 @@ def forward(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: ja
 
 def packed_hidden(params: Params, cfg: DecoderConfig, tokens: jax.Array, positions: jax.Array,
                   segment_ids: jax.Array, adapters: "lora.RowAdapters | None" = None,
-                  dropout: tuple[float, jax.Array] | None = None) -> jax.Array:
+                  dropout: tuple[float, jax.Array] | None = None, remat_layers: bool = False) -> jax.Array:
     """Final hidden states [B, S, D] of packed training rows, no cache.
 
     Row b holds several examples back to back: segment_ids [B, S] numbers them (0 = padding) and
     positions [B, S] restart at 0 for each, so a token attends only to the earlier tokens of its
     own example, exactly as if that example ran alone. dropout=(rate, key): LoRA input dropout.
+    remat_layers: the backward recomputes each layer's forward from its input instead of keeping
+    its activations (memory for time: BUILD_NOTES.md, LoRA training speed).
 
     Activations are fp32 whatever the weights' dtype (as under torch's autocast): with bf16 weights
     only the matmuls read bf16 (frozen_einsum). bf16 activations made XLA:CPU convert the scan's
@@ -219,6 +221,8 @@ def packed_hidden(params: Params, cfg: DecoderConfig, tokens: jax.Array, positio
         drop = None if dropout is None else (dropout[0], jax.random.fold_in(dropout[1], i))
         return _layer(x, w, cfg, cos, sin, attend, None, lora_layer, adapters, drop)[0], None
 
+    if remat_layers:
+        layer = jax.checkpoint(layer)
     x, _ = jax.lax.scan(layer, x, (stacked, lora_stacked, jnp.arange(n_layers)))
     return rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
 

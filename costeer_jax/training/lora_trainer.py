@@ -49,6 +49,9 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 50
     eval_every: int = 50
+    # Recompute each layer in the backward instead of keeping its activations (~1/6 the memory,
+    # ~+8% step time on SmolLM2); None: on when activation_bytes() exceeds a third of the RAM.
+    remat_layers: bool | None = None
 
     def __post_init__(self):
         checks = [(self.learning_rate > 0, "learning_rate must be > 0"),
@@ -68,6 +71,21 @@ class TrainConfig:
         out["lora"] = dataclasses.asdict(self.lora)
         out["lora"]["targets"] = list(self.lora.targets)
         return out
+
+
+def activation_bytes(cfg: DecoderConfig, rows: int, length: int) -> int:
+    """Estimated activations a train step keeps for its backward without remat_layers: ~4 (11 D + 7 F)
+    bytes per token per layer, fitted to XLA's temp sizes at 4 x 1024 tokens (SmolLM2 8.2 GB,
+    Qwen2.5-0.5B 16.8 GB; BUILD_NOTES.md, LoRA training speed)."""
+    return rows * length * cfg.num_layers * 4 * (11 * cfg.hidden_size + 7 * cfg.intermediate_size)
+
+
+def choose_remat(config: TrainConfig, cfg: DecoderConfig) -> bool:
+    if config.remat_layers is not None:
+        return config.remat_layers
+    import psutil
+
+    return activation_bytes(cfg, config.rows_per_batch, config.max_len) > psutil.virtual_memory().total / 3
 
 
 def learning_rate_schedule(config: TrainConfig, total_steps: int) -> optax.Schedule:
@@ -113,13 +131,14 @@ def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, weights
 
 
 def batch_nll(adapter: lora.Adapter, base: dict, batch: dict, *, model_cfg: DecoderConfig,
-              lora_cfg: lora.LoraConfig, dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+              lora_cfg: lora.LoraConfig, dropout_key: jax.Array | None = None,
+              remat_layers: bool = False) -> tuple[jax.Array, jax.Array]:
     """(sum of response-token NLLs, number of response tokens) of a packed batch. With
     `loss_index` in the batch (PackedBatch.as_dict(loss_capacity)) only those positions are
     projected to the vocabulary; the result is the same."""
     dropout = None if dropout_key is None or lora_cfg.dropout == 0 else (lora_cfg.dropout, dropout_key)
     hidden = packed_hidden(base, model_cfg, batch["tokens"], batch["positions"], batch["segment_ids"],
-                           lora.single(adapter, lora_cfg), dropout)
+                           lora.single(adapter, lora_cfg), dropout, remat_layers)
     targets, weights = batch["targets"], batch["weights"]
     if "loss_index" in batch:
         index = jnp.maximum(batch["loss_index"], 0)
@@ -130,14 +149,16 @@ def batch_nll(adapter: lora.Adapter, base: dict, batch: dict, *, model_cfg: Deco
     return total, jnp.sum(batch["weights"])
 
 
-@functools.partial(jax.jit, static_argnames=("model_cfg", "lora_cfg", "optimizer"), donate_argnames=("state",))
+@functools.partial(jax.jit, static_argnames=("model_cfg", "lora_cfg", "optimizer", "remat_layers"),
+                   donate_argnames=("state",))
 def train_step(state: dict, base: dict, batch: dict, seed_key: jax.Array, *, model_cfg: DecoderConfig,
-               lora_cfg: lora.LoraConfig, optimizer: optax.GradientTransformation):
+               lora_cfg: lora.LoraConfig, optimizer: optax.GradientTransformation, remat_layers: bool = False):
     """One optimizer step; state = {"adapter", "opt_state", "step"}. Returns (state, metrics)."""
     key = jax.random.fold_in(seed_key, state["step"])
 
     def loss_fn(adapter):
-        total, count = batch_nll(adapter, base, batch, model_cfg=model_cfg, lora_cfg=lora_cfg, dropout_key=key)
+        total, count = batch_nll(adapter, base, batch, model_cfg=model_cfg, lora_cfg=lora_cfg, dropout_key=key,
+                                 remat_layers=remat_layers)
         return total / jnp.maximum(count, 1.0), count
 
     (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["adapter"])
@@ -269,8 +290,9 @@ def train(base: dict, model_cfg: DecoderConfig, train_examples: Sequence[Tokeniz
     eval_batches = epoch_batches(eval_examples, config.max_len, config.rows_per_batch, config.seed, 0)
     optimizer = make_optimizer(config, plan.total)
     schedule_lr = learning_rate_schedule(config, plan.total)
+    remat = choose_remat(config, model_cfg)
     (output_dir / "training_config.json").write_text(json.dumps(
-        {"train": config.as_dict(), "base_model": base_model_name, "total_steps": plan.total,
+        {"train": config.as_dict(), "base_model": base_model_name, "total_steps": plan.total, "remat_layers": remat,
          "train_examples": len(train_examples), "eval_examples": len(eval_examples), **(run_config or {})}, indent=2))
 
     manager = ocp.CheckpointManager(output_dir / "checkpoints",
@@ -289,7 +311,7 @@ def train(base: dict, model_cfg: DecoderConfig, train_examples: Sequence[Tokeniz
     base = _place(stack_layers(base), mesh, False)
     state = place_state(state, mesh)
     seed_key = jax.random.key(config.seed)
-    step_kw = dict(model_cfg=model_cfg, lora_cfg=config.lora, optimizer=optimizer)
+    step_kw = dict(model_cfg=model_cfg, lora_cfg=config.lora, optimizer=optimizer, remat_layers=remat)
     first_eval = next((r["eval_loss"] for r in history if "eval_loss" in r), None)
     if first_eval is None and eval_examples:
         first_eval = evaluate_loss(state["adapter"], base, eval_batches, model_cfg, config, mesh)
