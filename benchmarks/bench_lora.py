@@ -182,4 +182,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from costeer_jax.process_env import ensure_hugepage_malloc
+
+    ensure_hugepage_malloc()  # both loops run in this process, so both get it (COSTEER_JAX_NO_REEXEC=1: neither)
     main()

@@ -114,6 +114,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    from costeer_jax.process_env import ensure_hugepage_malloc
+
+    ensure_hugepage_malloc()
     from costeer_jax.cli import run
 
     run(main)
