@@ -8,7 +8,9 @@ Training: the same packed rows (--rows_per_batch x --max_len tokens of real CoGe
 text: the SmolLM2 tokenization of the demo prompts, cycled) through our jitted optax step and a
 torch loop over transformers' model of the same GGUF file wrapped by peft (AdamW, clipping,
 response-only labels, dropout on), steady state after one warm-up step each; tokens/s counts
-the non-padding tokens of a step. Decode: ms per step of a jitted loop of decode steps at
+the non-padding tokens of a step. Each training loop runs in a fresh process of its own (the
+same script, --only SIDE:DTYPE), so neither side runs on a heap or thread pool the other left
+behind (in one process, our bf16 step ran 2.7 s first and 3.0 s after the torch fp32 loop). Decode: ms per step of a jitted loop of decode steps at
 batch 1 and 8 for the base model, one adapter on every row, and per-row adapters (half the
 rows base, the others split over two adapters), against the bound of reading the adapter's
 bytes beside the base weights (adapter_params_share per adapter read).
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 
 from common import decode_step_seconds, machine_note
@@ -157,12 +161,23 @@ def main():
     ap.add_argument("--train_dtypes", default="float32,bfloat16",
                     help="one training comparison per dtype: both sides load the base in it (bf16: the "
                          "papers' recipe; our adapter masters and peft's default adapters stay fp32)")
+    ap.add_argument("--only", default=None, help="SIDE:DTYPE (ours or torch_peft): run that one training loop "
+                                                 "and print its figures (what the full run starts per loop)")
     a = ap.parse_args()
     from common import gguf_path
 
     from costeer_jax.models.chat import eos_token_ids
     from costeer_jax.models.params_cache import load_model_cached
 
+    if a.only:
+        side, dtype = a.only.split(":")
+        model = load_model_cached(a.model, dtype)
+        batches = training_rows(model.tokenizer, eos_token_ids(model.tokenizer, model.generation_eos)[0],
+                                a.rows_per_batch, a.max_len, a.train_steps)
+        figures = (ours_training(model, batches, a.rank) if side == "ours"
+                   else torch_peft_training(gguf_path(a.model), batches, a.rank, dtype))
+        print(json.dumps(figures))
+        return
     model = load_model_cached(a.model)
     results = {"model": model.name, "rank": a.rank, "machine": machine_note()}
     if not a.skip_decode:
@@ -172,11 +187,19 @@ def main():
                             a.rows_per_batch, a.max_len, a.train_steps)
     results["train_tokens_per_step"] = int((batches[1].segment_ids > 0).sum())
     results["train_target_tokens_per_step"] = int(batches[1].weights.sum())
+    passed = ["--model", a.model, "--rank", str(a.rank), "--train_steps", str(a.train_steps),
+              "--rows_per_batch", str(a.rows_per_batch), "--max_len", str(a.max_len)]
+
+    def one_loop(side: str, dtype: str) -> dict:
+        run = subprocess.run([sys.executable, __file__, *passed, "--only", f"{side}:{dtype}"],
+                             stdout=subprocess.PIPE, text=True, check=True)
+        return json.loads(run.stdout.strip().splitlines()[-1])
+
     for dtype in a.train_dtypes.split(","):
-        ours = ours_training(model if dtype == "float32" else load_model_cached(a.model, dtype), batches, a.rank)
+        ours = one_loop("ours", dtype)
         figures = results[f"training_{dtype}"] = {"ours": ours}
         if not a.skip_torch:
-            figures["torch_peft"] = torch_peft_training(gguf_path(a.model), batches, a.rank, dtype)
+            figures["torch_peft"] = one_loop("torch_peft", dtype)
             figures["speedup"] = round(ours["tokens_per_s"] / figures["torch_peft"]["tokens_per_s"], 2)
     print(json.dumps(results, indent=1))
 
@@ -184,5 +207,5 @@ def main():
 if __name__ == "__main__":
     from costeer_jax.process_env import ensure_hugepage_malloc
 
-    ensure_hugepage_malloc()  # both loops run in this process, so both get it (COSTEER_JAX_NO_REEXEC=1: neither)
+    ensure_hugepage_malloc()  # the loops' processes inherit it, so both sides get it (COSTEER_JAX_NO_REEXEC=1: neither)
     main()

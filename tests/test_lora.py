@@ -238,6 +238,25 @@ def test_adapter_deltas_backward_equals_autodiff_of_the_plain_math(with_dropout)
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=3e-2 * float(jnp.max(jnp.abs(w))))
 
 
+def test_swiglu_backward_equals_autodiff_of_silu_gate_times_up():
+    """The decoder's SwiGLU recomputes its sigmoid in the backward; its gradient must be
+    autodiff's of silu(gate) * up, including large |gate| where the sigmoid saturates."""
+    from costeer_jax.models.decoder import swiglu
+
+    rng = np.random.default_rng(3)
+    gate_up = jnp.asarray(rng.normal(size=(2, 5, 16)) * 4.0, jnp.float32)
+    probe = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+
+    def plain(x):
+        gate, up = jnp.split(x, 2, axis=-1)
+        return jnp.sum(jax.nn.silu(gate) * up * probe)
+
+    np.testing.assert_array_equal(np.asarray(swiglu(gate_up)), np.asarray(
+        jax.nn.silu(gate_up[..., :8]) * gate_up[..., 8:]))
+    np.testing.assert_allclose(np.asarray(jax.grad(lambda x: jnp.sum(swiglu(x) * probe))(gate_up)),
+                               np.asarray(jax.grad(plain)(gate_up)), rtol=1e-5, atol=1e-5)
+
+
 def test_loss_at_target_positions_and_remat_change_nothing(tiny_models):
     """Projecting only the target positions (loss_index) and recomputing layers in the backward
     (remat_layers) give the full computation's loss and adapter gradients."""

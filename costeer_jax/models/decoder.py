@@ -81,6 +81,31 @@ def _frozen_einsum_bwd(spec, out_dtype, residuals, d_out):
 frozen_einsum.defvjp(_frozen_einsum_fwd, _frozen_einsum_bwd)
 
 
+@jax.custom_vjp
+def swiglu(gate_up: jax.Array) -> jax.Array:
+    """silu(gate) * up of the fused gate_up projection's output [..., 2F] -> [..., F].
+
+    The backward recomputes the sigmoid from the saved gate_up: autodiff saved five [.., F]
+    intermediates per layer, which a training scan stacks over the layers and writes to memory
+    (~0.2 s of a SmolLM2 step at 1024 tokens on this CPU)."""
+    gate, up = jnp.split(gate_up, 2, axis=-1)
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate_up):
+    return swiglu(gate_up), gate_up
+
+
+def _swiglu_bwd(gate_up, d_out):
+    gate, up = jnp.split(gate_up, 2, axis=-1)
+    sig = jax.nn.sigmoid(gate)
+    d_gate = d_out * up * sig * (1 + gate * (1 - sig))  # d silu(g)/dg = sig(g) (1 + g (1 - sig(g)))
+    return (jnp.concatenate([d_gate, d_out * gate * sig], axis=-1),)
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 def _attention(q, keys, values, positions, cfg: DecoderConfig):
     """q [B,S,H,hd]; keys/values [B,K,T,hd]; a query at position p sees slots t <= p."""
     b, s, _, hd = q.shape
@@ -125,8 +150,7 @@ def _layer(x, w, cfg: DecoderConfig, cos, sin, attend, state, lora_layer=None, a
     attn, state = attend(q, k, v, state)
     x = x + project("o", attn, "bse,ed->bsd")
     h = rms_norm(x, w["mlp_norm"], cfg.rms_norm_eps)
-    gate, up = jnp.split(project("gate_up", h, "bsd,df->bsf"), 2, axis=-1)
-    return x + project("down", jax.nn.silu(gate) * up, "bsf,df->bsd"), state
+    return x + project("down", swiglu(project("gate_up", h, "bsd,df->bsf")), "bsf,df->bsd"), state
 
 
 _PROJ_INDEX = {"qkv": 0, "o": 1, "gate_up": 2, "down": 3}
