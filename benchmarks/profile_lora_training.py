@@ -2,10 +2,13 @@
 
   python benchmarks/profile_lora_training.py [--model smollm2-135m-instruct] [--dtype float32]
       [--rows 2 --max_len 512] [--memory_layers 1,2,4 --memory_rows 4 --memory_len 1024]
+      [--trace_dir DIR]
 
 Timing: the jitted loss forward alone and forward + backward (gradient w.r.t. the adapter only),
 without and with LoRA dropout, on one packed batch of real text, steady state after a compile
-call. Memory: XLA's temporary buffer size (`compiled.memory_analysis()`) of the whole train step
+call. With --trace_dir, one more forward + backward (dropout on) runs under jax.profiler and
+the XLA ops' time is summed per op kind (fusion names without their number; op time over both
+threads, so it exceeds the wall time). Memory: XLA's temporary buffer size (`compiled.memory_analysis()`) of the whole train step
 for the model cut to a few layers, so its growth per layer can be read off without running it.
 """
 from __future__ import annotations
@@ -19,6 +22,28 @@ import bench_lora
 from common import machine_note
 
 
+def traced_op_times(fn, args, trace_dir: str, top: int = 20) -> dict:
+    """{op kind: ms} of one call of fn under jax.profiler, from its perfetto JSON trace."""
+    import collections
+    import gzip
+    import re
+    from pathlib import Path
+
+    import jax
+
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    jax.block_until_ready(fn(*args))
+    jax.profiler.stop_trace()
+    newest = max(Path(trace_dir).glob("plugins/profile/*/perfetto_trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    trace = json.load(gzip.open(newest))
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    kinds = collections.Counter()
+    for e in events:  # runtime bookkeeping (executor, thread pool, Python frames) is not an op
+        if e.get("ph") == "X" and not e["name"].startswith(("ThunkExecutor", "$", "SlinkyThreadPool")):
+            kinds[re.sub(r"\.\d+$", "", e["name"])] += e.get("dur", 0) / 1e3
+    return {"total": round(sum(kinds.values()), 1), **{k: round(v, 1) for k, v in kinds.most_common(top)}}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -29,6 +54,7 @@ def main():
     ap.add_argument("--memory_rows", type=int, default=4)
     ap.add_argument("--memory_len", type=int, default=1024)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--trace_dir", default=None, help="write a profiler trace there and print op time per kind")
     a = ap.parse_args()
     import jax
     import numpy as np
@@ -56,6 +82,8 @@ def main():
             t0 = time.perf_counter()
             jax.block_until_ready(fn(adapter, stacked, batch, key))
             out["seconds"][f"{name}_dropout_{rate}"] = round(time.perf_counter() - t0, 2)
+        if a.trace_dir and rate > 0:
+            out["op_ms_by_kind"] = traced_op_times(fn, (adapter, stacked, batch, key), a.trace_dir)
     out["train_step_temp_gb"] = {}
     shape = (a.memory_rows, a.memory_len)
     zeros = {k: np.zeros(shape, np.float32 if k == "weights" else np.int32)

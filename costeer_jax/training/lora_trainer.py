@@ -74,10 +74,10 @@ class TrainConfig:
 
 
 def activation_bytes(cfg: DecoderConfig, rows: int, length: int) -> int:
-    """Estimated activations a train step keeps for its backward without remat_layers: ~4 (11 D + 7 F)
-    bytes per token per layer, fitted to XLA's temp sizes at 4 x 1024 tokens (SmolLM2 8.2 GB,
-    Qwen2.5-0.5B 16.8 GB; BUILD_NOTES.md, LoRA training speed)."""
-    return rows * length * cfg.num_layers * 4 * (11 * cfg.hidden_size + 7 * cfg.intermediate_size)
+    """Estimated activations a train step keeps for its backward without remat_layers: ~4 (11 D + 4 F)
+    bytes per token per layer, fitted to XLA's temp sizes at 4 x 1024 tokens (SmolLM2 6.33 GB;
+    BUILD_NOTES.md, LoRA training speed)."""
+    return rows * length * cfg.num_layers * 4 * (11 * cfg.hidden_size + 4 * cfg.intermediate_size)
 
 
 def choose_remat(config: TrainConfig, cfg: DecoderConfig) -> bool:
