@@ -10,8 +10,8 @@ torch loop over transformers' model of the same GGUF file wrapped by peft (AdamW
 response-only labels, dropout on), steady state after one warm-up step each; tokens/s counts
 the non-padding tokens of a step. Each training loop runs in a fresh process of its own (the
 same script, --only SIDE:DTYPE), so neither side runs on a heap or thread pool the other left
-behind (in one process, our bf16 step ran 2.7 s first and 3.0 s after the torch fp32 loop). Decode: ms per step of a jitted loop of decode steps at
-batch 1 and 8 for the base model, one adapter on every row, and per-row adapters (half the
+behind (in one process, our bf16 step ran 2.7 s first and 3.0 s after the torch fp32 loop).
+Decode: ms per step of a jitted loop of decode steps at batch 1 and 8 for the base model, one adapter on every row, and per-row adapters (half the
 rows base, the others split over two adapters), against the bound of reading the adapter's
 bytes beside the base weights (adapter_params_share per adapter read).
 """
@@ -169,11 +169,14 @@ def main():
     from costeer_jax.models.chat import eos_token_ids
     from costeer_jax.models.params_cache import load_model_cached
 
+    def rows_for(model):
+        return training_rows(model.tokenizer, eos_token_ids(model.tokenizer, model.generation_eos)[0],
+                             a.rows_per_batch, a.max_len, a.train_steps)
+
     if a.only:
         side, dtype = a.only.split(":")
         model = load_model_cached(a.model, dtype)
-        batches = training_rows(model.tokenizer, eos_token_ids(model.tokenizer, model.generation_eos)[0],
-                                a.rows_per_batch, a.max_len, a.train_steps)
+        batches = rows_for(model)
         figures = (ours_training(model, batches, a.rank) if side == "ours"
                    else torch_peft_training(gguf_path(a.model), batches, a.rank, dtype))
         print(json.dumps(figures))
@@ -183,8 +186,7 @@ def main():
     if not a.skip_decode:
         results["decode"] = decode_costs(model, a.rank, [int(b) for b in a.batch_sizes.split(",")], a.steps,
                                          a.repeats)
-    batches = training_rows(model.tokenizer, eos_token_ids(model.tokenizer, model.generation_eos)[0],
-                            a.rows_per_batch, a.max_len, a.train_steps)
+    batches = rows_for(model)
     results["train_tokens_per_step"] = int((batches[1].segment_ids > 0).sum())
     results["train_target_tokens_per_step"] = int(batches[1].weights.sum())
     passed = ["--model", a.model, "--rank", str(a.rank), "--train_steps", str(a.train_steps),

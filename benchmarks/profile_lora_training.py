@@ -8,8 +8,9 @@ Timing: the jitted loss forward alone and forward + backward (gradient w.r.t. th
 without and with LoRA dropout, on one packed batch of real text, steady state after a compile
 call. With --trace_dir, one more forward + backward (dropout on) runs under jax.profiler and
 the XLA ops' time is summed per op kind (fusion names without their number; op time over both
-threads, so it exceeds the wall time). Memory: XLA's temporary buffer size (`compiled.memory_analysis()`) of the whole train step
-for the model cut to a few layers, so its growth per layer can be read off without running it.
+threads, so it exceeds the wall time). Memory: XLA's temporary buffer size
+(`compiled.memory_analysis()`) of the whole train step for the model cut to a few layers, so its
+growth per layer can be read off without running it.
 """
 from __future__ import annotations
 
