@@ -31,7 +31,7 @@ $(VENV)/.installed: setup.py requirements-models.txt
 # The README's test command. Real-model tests marked `slow` run a representative subset here;
 # `make test-all` runs everything.
 test: venv
-	$(PY) -m pytest tests -q -m "not slow or smoke" -n 2 --dist loadfile
+	$(PY) -m pytest tests -q -m "not slow or smoke" -n 2 --dist loadfile --durations=10
 
 test-all: venv
 	$(PY) -m pytest tests -q -n 2 --dist loadfile

@@ -33,7 +33,8 @@ setup(
         # Pinned: a CPU build of 2.13.0 lies on the CI machine's disk, an unpinned torch pulls a CUDA build.
         # peft: the LoRA parity test (our adapters against peft's on the same transformers model)
         # and benchmarks/bench_lora.py's torch baseline.
-        "dev": ["torch==2.13.0", "accelerate", "peft==0.21.2", "pytest", "pytest-xdist"],
+        # pytest >= 9: faulthandler_exit_on_timeout (pytest.ini's per-test timeout).
+        "dev": ["torch==2.13.0", "accelerate", "peft==0.21.2", "pytest>=9", "pytest-xdist>=3.8"],
         "reward": ["torch==2.13.0", "accelerate"],
     },
 )

@@ -14,10 +14,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from costeer_jax.models.chat import TokenizerMismatchError
     from costeer_jax.models.config import UnsupportedArchitectureError
     from costeer_jax.models.loading import ModelLoadError
+    from costeer_jax.process_env import MappingLimitError
 
     return (DataFormatError, JudgeConfigurationError, RewardModelUnavailable, WordNetMissingError,
-            TokenizerMismatchError, UnsupportedArchitectureError, ModelLoadError, FileNotFoundError,
-            ValueError)
+            TokenizerMismatchError, UnsupportedArchitectureError, ModelLoadError, MappingLimitError,
+            FileNotFoundError, ValueError)
 
 
 def run(main: Callable) -> None:

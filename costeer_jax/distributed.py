@@ -14,9 +14,10 @@ import json
 import logging
 import os
 import re
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+from costeer_jax.atomic_files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -178,18 +179,8 @@ def merge_shards(output: str | os.PathLike, process_count: int, *, allow_partial
             by_id[key] = row
     rank = {str(i): n for n, i in enumerate(order_ids)} if order_ids is not None else {}
     ordered = sorted(by_id, key=lambda i: (rank.get(i, len(rank)), _sort_key(i)))
-    tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
     output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with open(tmp, "w") as f:
-            for key in ordered:
-                f.write(json.dumps(by_id[key], ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, output)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_text_atomic(output, "".join(json.dumps(by_id[key], ensure_ascii=False) + "\n" for key in ordered))
     missing_ids = [] if expected_ids is None else [str(i) for i in expected_ids if str(i) not in by_id]
     if duplicates:
         log.warning("%d duplicate ids across shards dropped (first shard kept)", duplicates)

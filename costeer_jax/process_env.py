@@ -1,4 +1,5 @@
-"""Process-level settings that must be in place before the interpreter starts.
+"""Process-level settings and limits: what must be in place before the interpreter starts, and
+the per-process memory-mapping limit that compiled programs count against.
 
 XLA:CPU allocates a program's large temporary buffers afresh at every execution, and on this
 kind of machine (a VM) touching fresh 4 KiB pages costs more than the writes themselves: a
@@ -26,3 +27,43 @@ def ensure_hugepage_malloc() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+
+
+# Each XLA:CPU executable alive in a process keeps its code, constants and data in memory mappings
+# of their own (about 3 to 10 per program, measured in BUILD_NOTES.md "Test suite faults"), and
+# Linux caps a process at vm.max_map_count of them (65530 by default). When LLVM cannot map a new
+# program, XLA reports "LLVM compilation error: Cannot allocate memory" and jaxlib 0.10 segfaults
+# while raising it (in libgcc's unwinder), killing the process with no Python error. Checking the
+# headroom before a compile turns that into an error that says what to do.
+MAP_COUNT_FILE = "/proc/sys/vm/max_map_count"
+MAPPINGS_RESERVE = 2048  # mappings kept free for one more program plus malloc's own arenas
+
+
+class MappingLimitError(RuntimeError):
+    """The process is about to run out of memory mappings (vm.max_map_count)."""
+
+
+def memory_mappings() -> tuple[int, int] | None:
+    """(memory mappings this process holds, the per-process limit), or None where unknown."""
+    try:
+        with open(MAP_COUNT_FILE) as f:
+            limit = int(f.read())
+        with open("/proc/self/maps", "rb") as f:
+            held = sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except (OSError, ValueError):
+        return None
+    return held, limit
+
+
+def check_mapping_headroom(reserve: int = MAPPINGS_RESERVE) -> None:
+    """Raises MappingLimitError when fewer than `reserve` memory mappings are left."""
+    counts = memory_mappings()
+    if counts is None:
+        return
+    held, limit = counts
+    if held + reserve > limit:
+        raise MappingLimitError(
+            f"this process holds {held} of its {limit} memory mappings (vm.max_map_count); every compiled "
+            "XLA:CPU program kept alive holds a few, and XLA:CPU crashes when it cannot map another: decode "
+            "fewer prompt shapes per process (or drop Generators no longer used), or raise the limit with "
+            "`sysctl -w vm.max_map_count=262144`")

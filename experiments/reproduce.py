@@ -24,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from costeer_jax.atomic_files import write_text_atomic  # noqa: E402
 from costeer_jax.reproduction import harness  # noqa: E402
 from costeer_jax.reproduction.tables import TABLES, TableSpec, table  # noqa: E402
 
@@ -80,7 +81,7 @@ def run_table(spec: TableSpec) -> None:
         print(text)
         if not FLAGS.dry_run:
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{spec.name}.md").write_text(text + "\n")
+            write_text_atomic(out_dir / f"{spec.name}.md", text + "\n")
         return
     if FLAGS.rows:
         unknown = set(FLAGS.rows) - {run.label for run in spec.runs}
@@ -133,9 +134,9 @@ def run_table(spec: TableSpec) -> None:
 
         plots = plot_sweeps(evaluated, out_dir / spec.name)
         text += "\n\nPlots: " + ", ".join(str(p) for p in plots)
-    (out_dir / f"{spec.name}.md").write_text(text + "\n")
-    (out_dir / f"{spec.name}.csv").write_text(csv_text)
-    (out_dir / f"{spec.name}.json").write_text(json.dumps({"spec": dataclasses.asdict(spec), "rows": data}, indent=1))
+    write_text_atomic(out_dir / f"{spec.name}.md", text + "\n")
+    write_text_atomic(out_dir / f"{spec.name}.csv", csv_text)
+    write_text_atomic(out_dir / f"{spec.name}.json", json.dumps({"spec": dataclasses.asdict(spec), "rows": data}, indent=1))
     print(text)
 
 

@@ -83,19 +83,53 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def session_params_cache(tmp_path_factory):
+def session_caches(tmp_path_factory):
     """Every load in the suite (subprocesses included) converts into a folder of this session:
     the tiny random checkpoints get new paths each run and would otherwise pile up in the user's
-    cache. Assembled model files stay shared (cache_dirs.models_dir)."""
-    from costeer_jax import cache_dirs
+    cache. Assembled model files stay shared (cache_dirs.models_dir). The entry points' persistent
+    compilation cache gets a folder per xdist worker, kept across runs (warm) but never shared
+    between two processes of one run, nor with the user's own cache."""
+    from costeer_jax import cache_dirs, compilation_cache
 
-    previous = os.environ.get(cache_dirs.PARAMS_ENV_VAR)
-    os.environ[cache_dirs.PARAMS_ENV_VAR] = str(tmp_path_factory.mktemp("params_cache"))
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    settings = {cache_dirs.PARAMS_ENV_VAR: str(tmp_path_factory.mktemp("params_cache")),
+                compilation_cache.ENV_VAR: str(cache_dirs.cache_root() / "xla-tests" / worker)}
+    previous = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
     yield
-    if previous is None:
-        del os.environ[cache_dirs.PARAMS_ENV_VAR]
-    else:
-        os.environ[cache_dirs.PARAMS_ENV_VAR] = previous
+    for name, value in previous.items():
+        if value is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """Drops every compiled program after each test file. An xdist worker runs many files in one
+    process, and every XLA:CPU executable kept alive (jit caches of module-level kernels) holds
+    memory mappings: without this a worker passed Linux's 65530 (vm.max_map_count) late in the
+    suite and XLA:CPU segfaulted mid-compile (BUILD_NOTES.md, "Test suite faults")."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def mapping_headroom():
+    """Fails a test with the reason, rather than letting its compile segfault, when its worker is
+    close to the memory-mapping limit."""
+    from costeer_jax.process_env import MappingLimitError, check_mapping_headroom
+
+    try:
+        check_mapping_headroom(reserve=8192)
+    except MappingLimitError as e:
+        pytest.fail(f"before this test: {e}", pytrace=False)
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -213,3 +213,42 @@ def test_gguf_cache_hit_parses_nothing_and_keeps_the_tokenizer(tmp_path, monkeyp
     assert chat_prompt_ids(second.tokenizer, text) == chat_prompt_ids(first.tokenizer, text)
     assert eos_token_ids(second.tokenizer) == eos_token_ids(first.tokenizer)
     assert second.tokenizer.get_vocab() == first.tokenizer.get_vocab()
+
+
+def test_a_write_killed_midway_is_removed_and_rebuilt_on_the_next_start(tiny_checkpoints, tmp_path, caplog):
+    """SIGKILL while a conversion is writing its entry: nothing appears under the real key, and the
+    next start removes the abandoned temp folder with a one-line message and converts again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import build_tiny_checkpoint
+
+    # Large enough (~100 MB of params) that the write takes a while to catch midway.
+    checkpoint = build_tiny_checkpoint("llama", tmp_path / "wide", vocab_size=24576, hidden_size=512,
+                                       intermediate_size=512, num_attention_heads=8, num_key_value_heads=4)
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    script = ("import sys; from costeer_jax.models.params_cache import load_model_cached; "
+              "load_model_cached(sys.argv[1], 'float32', sys.argv[2])")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(checkpoint), str(cache_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    partial = []
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not partial:
+        partial = [p for p in cache_dir.glob(".*.tmp-*") if (p / params_cache.PARAMS_FILE).exists()
+                   and (p / params_cache.PARAMS_FILE).stat().st_size > 0]
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert partial and proc.returncode == -signal.SIGKILL, "the write was not caught midway"
+    assert [p.name for p in cache_dir.iterdir()] == [partial[0].name]  # no entry under the real key
+
+    with caplog.at_level("WARNING"):
+        loaded = params_cache.load_model_cached(str(checkpoint), "float32", cache_dir)
+    removed = [r.getMessage() for r in caplog.records if "left halfway" in r.getMessage()]
+    assert len(removed) == 1 and partial[0].name in removed[0] and str(proc.pid) in removed[0]
+    (entry,) = list(cache_dir.iterdir())  # the abandoned folder is gone, the entry is whole
+    assert _bitwise_equal(loaded.params, loading.load_model(str(checkpoint), "float32").params)
+    assert params_cache.read_meta(entry)["cfg"] == loaded.cfg

@@ -104,3 +104,52 @@ def test_a_table_end_to_end_on_tiny_models_and_resume_redoes_only_the_missing_ru
     for path in runs:
         if path != lost:
             assert path.stat().st_mtime_ns == kept[path.name]  # untouched
+
+
+def test_killed_mid_table_loses_no_written_row(tiny_chat_models, tmp_path):
+    """SIGKILL of reproduce.py and its generate.py child while the table's first run is writing:
+    every row on disk at the kill is still there, byte for byte, after the rerun; the rerun decodes
+    only the missing rows and writes the table."""
+    import os
+    import signal
+    import time
+
+    data, out, rows = tmp_path / "data", tmp_path / "out", 5
+    data.mkdir()
+    profile = [{"description": f"item {i}", "reviewText": f"good item {i}", "overall": "5.0", "summary": "s",
+                "bge_score": [1.0 - i / 10]} for i in range(6)]
+    (data / "longlamp_review.jsonl").write_text("".join(json.dumps(
+        {"id": i, "reviewerId": f"u{i}", "input": f"Write a review of item {i}", "output": "good item",
+         "profile": profile, "top_5": profile[:5]}) + "\n" for i in range(rows)))
+    args = [sys.executable, SCRIPT, "--table=costeer_table12", f"--llm={tiny_chat_models['llm']}",
+            f"--slm={tiny_chat_models['slm']}", f"--limit={rows}", "--batch_size=1", "--max_new_tokens=2",
+            "--tasks=longlamp_review", f"--data_dir={data}", f"--output_dir={out}", "--extra=--progress=false",
+            "--rows=LightCoSteer,CoSteer"]
+    folder = out / "costeer_table12" / "longlamp_review"
+    proc = subprocess.Popen(args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # its own group: the kill takes generate.py too
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        written = [p for p in folder.glob("*.jsonl") if p.read_text().count("\n") >= 2]
+        if written:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    at_kill = {p.name: p.read_bytes() for p in folder.glob("*.jsonl")}
+    assert proc.returncode == -signal.SIGKILL and not (out / "costeer_table12.md").exists(), \
+        "the table was not interrupted midway"
+    assert sum(b.count(b"\n") for b in at_kill.values()) < 2 * rows
+
+    rerun = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for name, before in at_kill.items():
+        whole_rows = before[:before.rfind(b"\n") + 1]
+        assert (folder / name).read_bytes().startswith(whole_rows), name  # nothing written is lost or redone
+    for path in folder.glob("*.jsonl"):
+        ids = [json.loads(line)["id"] for line in path.read_text().splitlines()]
+        assert sorted(ids) == sorted(str(i) for i in range(rows)), path.name  # each row once
+    first = next(name for name, before in at_kill.items() if before.count(b"\n") >= 2)
+    figures = json.loads((folder / first.replace(".jsonl", ".figures.json")).read_text())
+    assert figures["examples"] == rows - at_kill[first].count(b"\n")  # only the missing rows decoded
+    assert "| CoSteer | " in (out / "costeer_table12.md").read_text()

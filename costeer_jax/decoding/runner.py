@@ -24,6 +24,7 @@ from costeer_jax.decoding.methods import (LLM, PERSONALIZED, SLM, SLM_SFT, STREA
 from costeer_jax.models.cache import round_up
 from costeer_jax.models.chat import chat_prompt_ids, check_same_vocabulary, eos_token_ids
 from costeer_jax.models.loading import LoadedModel
+from costeer_jax.process_env import check_mapping_headroom
 from costeer_jax.steering.copy_guard import CopyGuard, build_copy_guard
 
 def bucket_width(n: int) -> int:
@@ -355,6 +356,7 @@ class Generator:
         takes is added to compile_seconds (and compile_cpu_seconds)."""
         key = (kernel, signature)
         if key not in self._compiled:
+            check_mapping_headroom()  # a clear error instead of XLA:CPU's segfault at the limit
             t0, cpu0 = time.perf_counter(), time.process_time()
             self._compiled[key] = kernel.lower(*args, **static).compile()
             self.compile_seconds += time.perf_counter() - t0
@@ -482,7 +484,10 @@ def repair_torn_tail(path: Path) -> None:
     with open(path, "rb+") as f:
         data = f.read()
         if not data.endswith(b"\n"):
-            f.truncate(data.rfind(b"\n") + 1)
+            keep = data.rfind(b"\n") + 1
+            print(f"note: {path} ends in half a row ({len(data) - keep} bytes, an interrupted write); "
+                  "dropping it, the row is decoded again", file=sys.stderr)
+            f.truncate(keep)
 
 
 def generate_to_file(generator: Generator, examples: Iterable, output: Path, *,

@@ -17,7 +17,8 @@ Layout of one entry, `cache_dir/<key>/`:
                offset, nbytes}}}, written last
 
 Entries appear atomically (built in a hidden temp dir, then renamed), so a killed run leaves no
-half entry under a real key; an entry that cannot be read anyway (disk trouble, manual edits) is
+half entry under a real key (its temp dir is removed, with a message, by the next conversion of
+that key); an entry that cannot be read anyway (disk trouble, manual edits) is
 logged, moved aside and rebuilt. Replacing or deleting an entry while a run maps it is safe (the
 run keeps the old file); truncating params.bin in place is not (the kernel faults on the missing
 pages), so nothing here ever writes into a finished entry. The cache is on by default (`cache_dirs.params_dir()`); pass
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from costeer_jax.atomic_files import remove_abandoned_temps, temp_sibling
 from costeer_jax.models import loading
 from costeer_jax.models.config import DecoderConfig
 
@@ -151,7 +153,8 @@ def _write_entry(directory: Path, dtype, fill) -> Path:
     (cfg, generation_eos); then meta.json, then the rename. If another process finished the same
     entry first, theirs is kept (identical content by construction)."""
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_abandoned_temps(directory.parent, "params cache entry", directory.name)
+    tmp = temp_sibling(directory)
     tmp.mkdir()
     try:
         writer = _EntryWriter(tmp, dtype)

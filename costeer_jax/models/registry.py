@@ -21,9 +21,9 @@ import dataclasses
 import hashlib
 import json
 import os
-import uuid
 from pathlib import Path
 
+from costeer_jax.atomic_files import remove_abandoned_temps, temp_sibling
 from costeer_jax.models.errors import ModelLoadError
 
 REQUIREMENTS_FILE = "requirements-models.txt"
@@ -182,7 +182,8 @@ def assemble(model: RegisteredModel, directory: Path | None = None, progress: bo
     except OSError as e:
         raise ModelLoadError(f"cannot create {directory} to assemble {model.alias} ({e}); set "
                              "$COSTEER_JAX_CACHE to a writable folder") from e
-    tmp = directory / f".{model.file_name}.tmp-{uuid.uuid4().hex[:8]}"
+    remove_abandoned_temps(directory, f"{model.alias} assembly", model.file_name)
+    tmp = temp_sibling(target)
     whole = hashlib.sha256()
     from tqdm import tqdm
 

@@ -20,13 +20,17 @@ import functools
 import hashlib
 import json
 import os
-import uuid
+import logging
+import zipfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from costeer_jax import cache_dirs
+from costeer_jax.atomic_files import remove_abandoned_temps, temp_sibling
+
+log = logging.getLogger(__name__)
 
 # Token kinds in `TokenBytes.lengths`: >= 1 a normal token of that many bytes; END an end-of-turn
 # token (it ends the text: no bytes); EXCLUDED any other special or control token, never emitted.
@@ -193,15 +197,18 @@ def align_vocabularies(llm_tokenizer, slm_tokenizer, llm_eos: Sequence[int], slm
                 return VocabAlignment(f["llm_ids"], f["slm_ids"], f["eos_shared"],
                                       TokenBytes(f["llm_table"], f["llm_lengths"]),
                                       TokenBytes(f["slm_table"], f["slm_lengths"]), int(f["normal"]))
-        except (OSError, KeyError, ValueError):
-            pass  # torn or foreign file: recompute and replace it
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:  # torn or foreign: recompute
+            log.warning("vocabulary alignment cache %s is unreadable (%s: %s); computing it again",
+                        path, type(e).__name__, e)
     alignment = compute_alignment(llm_tokenizer, slm_tokenizer, llm_eos, slm_eos, llm_size, slm_size)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.npz")
-        np.savez(tmp, llm_ids=alignment.llm_ids, slm_ids=alignment.slm_ids, eos_shared=alignment.eos_shared,
-                 llm_table=alignment.llm_bytes.table, llm_lengths=alignment.llm_bytes.lengths,
-                 slm_table=alignment.slm_bytes.table, slm_lengths=alignment.slm_bytes.lengths,
-                 normal=np.int64(alignment.normal_shared))
+        remove_abandoned_temps(path.parent, "vocabulary alignment", path.name)
+        tmp = temp_sibling(path)
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
+            np.savez(f, llm_ids=alignment.llm_ids, slm_ids=alignment.slm_ids, eos_shared=alignment.eos_shared,
+                     llm_table=alignment.llm_bytes.table, llm_lengths=alignment.llm_bytes.lengths,
+                     slm_table=alignment.slm_bytes.table, slm_lengths=alignment.slm_bytes.lengths,
+                     normal=np.int64(alignment.normal_shared))
         os.replace(tmp, path)
     return alignment

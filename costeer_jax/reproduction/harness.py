@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from costeer_jax.atomic_files import write_text_atomic
 from costeer_jax.reproduction.tables import Run, TableSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def run_generate(command: Sequence[str], figures_path: Path | Sequence[Path]) ->
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     if figures.get("rows", figures["examples"]):  # rows / examples decoded by this invocation
         for path in [figures_path] if isinstance(figures_path, Path) else figures_path:
-            path.write_text(json.dumps(figures, indent=1))
+            write_text_atomic(path, json.dumps(figures, indent=1))  # whole or absent: it marks the run done
     return figures
 
 
