@@ -8,9 +8,9 @@ being tracing and lowering). Cached executables are keyed by jax on the full pro
 compile options, so a hit returns the same program a fresh compile would.
 
 jax's own file cache (jax 0.10 `lru_cache.LRUCache`) writes an entry in place, and once a file
-exists under a key it is never rewritten. An entry cut short by a killed process, or read while
-another process is still writing it, therefore stays damaged for good: every later run warns and
-compiles again. `ChecksummedFileCache` replaces it: each entry is written to a temporary sibling
+exists under a key it is never rewritten. An entry cut short by a killed process therefore stays
+damaged for good (every later run warns and compiles again), and a process reading an entry that
+another is still writing sees half of it. `ChecksummedFileCache` replaces it: each entry is written to a temporary sibling
 and renamed (`atomic_files`), and carries a sha256 of its payload, checked on every read; a
 damaged or foreign entry is removed with a one-line message and rebuilt by the compile that
 follows. Reading a half-written entry would not crash XLA (jax's decompression raises first and

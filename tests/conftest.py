@@ -94,14 +94,10 @@ def session_caches(tmp_path_factory):
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     settings = {cache_dirs.PARAMS_ENV_VAR: str(tmp_path_factory.mktemp("params_cache")),
                 compilation_cache.ENV_VAR: str(cache_dirs.cache_root() / "xla-tests" / worker)}
-    previous = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    yield
-    for name, value in previous.items():
-        if value is None:
-            del os.environ[name]
-        else:
-            os.environ[name] = value
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in settings.items():
+            patch.setenv(name, value)
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)

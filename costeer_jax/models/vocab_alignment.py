@@ -18,8 +18,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import io
 import json
-import os
 import logging
 import zipfile
 from pathlib import Path
@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from costeer_jax import cache_dirs
-from costeer_jax.atomic_files import remove_abandoned_temps, temp_sibling
+from costeer_jax.atomic_files import remove_abandoned_temps, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +204,10 @@ def align_vocabularies(llm_tokenizer, slm_tokenizer, llm_eos: Sequence[int], slm
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_abandoned_temps(path.parent, "vocabulary alignment", path.name)
-        tmp = temp_sibling(path)
-        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to a name
-            np.savez(f, llm_ids=alignment.llm_ids, slm_ids=alignment.slm_ids, eos_shared=alignment.eos_shared,
-                     llm_table=alignment.llm_bytes.table, llm_lengths=alignment.llm_bytes.lengths,
-                     slm_table=alignment.slm_bytes.table, slm_lengths=alignment.slm_bytes.lengths,
-                     normal=np.int64(alignment.normal_shared))
-        os.replace(tmp, path)
+        archive = io.BytesIO()
+        np.savez(archive, llm_ids=alignment.llm_ids, slm_ids=alignment.slm_ids, eos_shared=alignment.eos_shared,
+                 llm_table=alignment.llm_bytes.table, llm_lengths=alignment.llm_bytes.lengths,
+                 slm_table=alignment.slm_bytes.table, slm_lengths=alignment.slm_bytes.lengths,
+                 normal=np.int64(alignment.normal_shared))
+        write_bytes_atomic(path, archive.getvalue())
     return alignment
